@@ -1,0 +1,168 @@
+"""fcnetctl: the admin CLI, a D-Bus client of fcnetd. Tables for people,
+--json for scripts."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from .bus import DBusError, Variant, call, connect, unwrap
+from .names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
+
+
+def _table(rows: list[list[str]], headers: list[str]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(headers, *rows)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    return "\n".join(lines)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def _vlan(v: int) -> str:
+    return str(v) if v else ""
+
+
+async def _run(args) -> int:
+    conn = await connect(args.bus)
+
+    async def m(member, sig="", body=None):
+        return await call(conn, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, sig, body)
+
+    out = sys.stdout
+    if args.cmd == "list":
+        flt = {k: Variant("s", v) for k, v in (("search", args.search), ("type", args.type),
+                                                ("bridge", args.bridge)) if v}
+        (nets,) = await m("ListNetworks", "a{sv}", [flt])
+        nets = unwrap(nets)
+        if args.json:
+            json.dump(nets, out, indent=2)
+            out.write("\n")
+        else:
+            rows = [[n["Name"], n["Bridge"], _vlan(n["Vlan"]), n["VmCount"], n["Created"][:19].replace("T", " ")]
+                    for n in nets]
+            if rows:
+                print(_table(rows, ["Network", "Bridge", "VLAN", "VMs", "Created"]))
+                print()
+            print(f"{_plural(len(nets), 'network')} listed.")
+    elif args.cmd == "show":
+        (net,) = await m("GetNetwork", "s", [args.network])
+        net = unwrap(net)
+        if args.json:
+            json.dump(net, out, indent=2)
+            out.write("\n")
+        else:
+            for key in ("Name", "Id", "Bridge", "Vlan", "Type", "Status", "Host", "Origin", "Created",
+                        "Description", "VmCount"):
+                value = _vlan(net[key]) if key == "Vlan" else net[key]
+                print(f"{key:>12}: {value}")
+            if net["Vms"]:
+                print()
+                print(_table([[v["VmName"] or "-", v["VmId"], v["Nic"], v["State"], v["Tap"] or "-"]
+                              for v in net["Vms"]], ["VM", "ID", "NIC", "State", "TAP"]))
+    elif args.cmd == "create":
+        opts = {"description": Variant("s", args.description)} if args.description else {}
+        (path,) = await m("CreateNetwork", "ssqa{sv}", [args.name or "", args.bridge, args.vlan, opts])
+        net = await _props(conn, path)
+        _say(args, {"path": path, "id": net["Id"], "name": net["Name"]}, f"created {net['Name']}")
+    elif args.cmd == "delete":
+        await m("DeleteNetwork", "s", [args.network])
+        _say(args, {"deleted": args.network}, f"deleted {args.network}")
+    elif args.cmd == "attach":
+        opts = {"nic": Variant("s", args.nic)}
+        if args.vm_name:
+            opts["vm_name"] = Variant("s", args.vm_name)
+        if args.mac:
+            opts["mac"] = Variant("s", args.mac)
+        (path,) = await m("AttachVm", "ssqa{sv}", [args.vm_id, args.bridge, args.vlan, opts])
+        _say(args, {"path": path}, f"attached {args.vm_id} {args.nic}")
+    elif args.cmd == "detach":
+        await m("DetachVm", "ss", [args.vm_id, args.nic])
+        _say(args, {"detached": [args.vm_id, args.nic]}, f"detached {args.vm_id} {args.nic}")
+    elif args.cmd == "tap-create":
+        opts = {}
+        if args.uid is not None:
+            opts["owner_uid"] = Variant("u", args.uid)
+        if args.gid is not None:
+            opts["owner_gid"] = Variant("u", args.gid)
+        (tap,) = await m("CreateTap", "ssa{sv}", [args.vm_id, args.nic, opts])
+        _say(args, {"tap": tap}, tap)
+    elif args.cmd == "tap-delete":
+        await m("DeleteTap", "ss", [args.vm_id, args.nic])
+        _say(args, {"deleted": [args.vm_id, args.nic]}, f"deleted TAP of {args.vm_id} {args.nic}")
+    elif args.cmd == "describe":
+        (text,) = await m("Describe")
+        print(text)
+    conn.disconnect()
+    return 0
+
+
+async def _props(conn, path):
+    (props,) = await call(conn, BUS_NAME, path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                          ["org.fcnetd.Network1.Network"])
+    return unwrap(props)
+
+
+def _say(args, data, text) -> None:
+    print(json.dumps(data) if args.json else text)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fcnetctl", description="Manage fcnetd's networks over D-Bus")
+    p.add_argument("--bus", default="system", help="system, session or a D-Bus address")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("list", help="list networks, newest first")
+    ls.add_argument("--search", default="")
+    ls.add_argument("--type", choices=["bridge", "vlan"], default="")
+    ls.add_argument("--bridge", default="")
+    sub.add_parser("show", help="one network with its VMs").add_argument("network")
+    c = sub.add_parser("create", help="create a network by hand")
+    c.add_argument("bridge")
+    c.add_argument("--vlan", type=int, default=0, help="802.1Q VID 1-4094; 0 or none = untagged")
+    c.add_argument("--name", default="", help="default: BRIDGE or BRIDGE-vlan-N")
+    c.add_argument("--description", default="")
+    sub.add_parser("delete", help="delete a network (refused while VMs are attached)").add_argument("network")
+    a = sub.add_parser("attach", help="attach a VM NIC (auto-creates the network)")
+    a.add_argument("vm_id")
+    a.add_argument("bridge")
+    a.add_argument("--vlan", type=int, default=0)
+    a.add_argument("--nic", default="eth0")
+    a.add_argument("--vm-name", default="")
+    a.add_argument("--mac", default="")
+    d = sub.add_parser("detach", help="detach a VM NIC")
+    d.add_argument("vm_id")
+    d.add_argument("--nic", default="eth0")
+    t = sub.add_parser("tap-create", help="create the TAP of a VM NIC (VM start)")
+    t.add_argument("vm_id")
+    t.add_argument("--nic", default="eth0")
+    t.add_argument("--uid", type=int)
+    t.add_argument("--gid", type=int)
+    td = sub.add_parser("tap-delete", help="destroy the TAP of a VM NIC (VM stop)")
+    td.add_argument("vm_id")
+    td.add_argument("--nic", default="eth0")
+    sub.add_parser("describe", help="everything as JSON")
+    return p
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    if getattr(args, "vlan", 0) is not None and not 0 <= getattr(args, "vlan", 0) <= 65535:
+        print(f"fcnetctl: vlan: {args.vlan} is out of range: 0 (untagged) or 1-4094", file=sys.stderr)
+        return 2
+    try:
+        return asyncio.run(_run(args))
+    except DBusError as e:
+        print(f"fcnetctl: {e.text} ({e.type.rsplit('.', 1)[-1]})", file=sys.stderr)
+        return 1
+    except (OSError, ValueError) as e:
+        print(f"fcnetctl: cannot reach fcnetd on the {args.bus} bus: {e}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,233 @@
+"""fcnetd: the privileged daemon. Start-up order matters: READY=1 is sent
+only once the lock is held, the registry loaded, the kernel reconciled and
+the bus name owned."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+import time
+
+from . import __version__, config as configmod
+from .access import AccessGate
+from .bus import connect, request_name
+from .engine import Engine
+from .errors import FcnetError
+from .names import BUS_NAME
+from .netlink import Netlink
+from .notify import Notifier
+from .registry import Lock, Registry, RegistryError, parse as parse_registry
+from .service import Manager
+from .watch import FileWatcher
+
+log = logging.getLogger("fcnetd")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="fcnetd", description="Host networking daemon for Firecracker microVMs")
+    p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH}, optional)")
+    p.add_argument("--bus", default="system", help="system, session or a D-Bus address (default system)")
+    p.add_argument("--state-dir", help="where the registry lives (overrides the config)")
+    p.add_argument("--metrics", help="HOST:PORT for Prometheus metrics, or off (overrides the config)")
+    p.add_argument("--version", action="version", version=f"fcnetd {__version__}")
+    return p.parse_args(argv)
+
+
+class Daemon:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.notifier = Notifier()
+        self.stopping = asyncio.Event()
+        self.config = self._load_config()
+        self.lock = Lock(self.config.state_dir)
+        self.registry = Registry(self.config.state_dir)
+        self.netlink = Netlink()
+        self.engine = Engine(self.config, self.registry, self.netlink)
+        self.conn = None
+        self.gate = None
+        self.metrics = None
+        self._tasks: set[asyncio.Task] = set()
+        self.exit_code = 0
+
+    def _load_config(self):
+        cfg = configmod.load(self.args.config)
+        overrides = {}
+        if self.args.state_dir:
+            overrides["state_dir"] = self.args.state_dir
+        if self.args.metrics:
+            if self.args.metrics != "off":
+                configmod.parse_listen(self.args.metrics, "--metrics")
+            overrides["metrics"] = self.args.metrics
+        if overrides:
+            from dataclasses import replace
+            cfg = replace(cfg, **overrides)
+        return cfg
+
+    def status_line(self) -> str:
+        return (f"{len(self.registry.networks)} networks, {len(self.registry.attachments)} attachments, "
+                f"{len(self.engine.taps)} TAPs")
+
+    async def start(self) -> None:
+        os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
+        self.lock.acquire()
+        self.registry.load()
+        if not os.path.exists(self.registry.path):
+            self.registry.save_now()
+        self.registry.last_write = os.stat(self.registry.path)
+        await self.netlink.open()
+        result = await self.engine.reconcile()
+        log.info("reconciled: %s", result or "nothing to do")
+        self.conn = await connect(self.args.bus)
+        manager = Manager(self.engine, self.conn)
+        manager.export_all()
+        self.gate = AccessGate(self.conn, manager.method_signatures())
+        self.gate.install()
+        self.manager = manager
+        if not await request_name(self.conn, BUS_NAME):
+            raise SystemExit(f"fcnetd: the bus name {BUS_NAME} is owned by another process")
+        self._start_metrics()
+        loop = asyncio.get_running_loop()
+        self.watcher = FileWatcher(loop, self._file_changed)
+        self.watcher.watch(self.registry.path)
+        if self.config.path:
+            self.watcher.watch(self.config.path)
+        self._spawn(self.netlink.watch_links(self._link_event))
+        self._spawn(self._bus_lost())
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
+        loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        self.notifier.ready(self.status_line())
+        self.notifier.start_watchdog()
+        log.info("fcnetd %s ready on %s: %s", __version__, self.args.bus, self.status_line())
+
+    def _start_metrics(self) -> None:
+        if self.config.metrics == "off":
+            return
+        from .metrics import MetricsServer
+        host, port = configmod.parse_listen(self.config.metrics, "metrics")
+        self.metrics = MetricsServer(self, host, port)
+        self.metrics.start()
+
+    def _spawn(self, coro) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("background task failed", exc_info=task.exception())
+
+    # -- reload and watching ----------------------------------------------------
+    async def reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = self._load_config()
+        except configmod.ConfigError as e:
+            log.error("config not reloaded, keeping the old one: %s", e)
+            self.notifier.reloaded(self.status_line())
+            return
+        if new.state_dir != self.config.state_dir:
+            log.warning("state_dir changes need a restart; keeping %s", self.config.state_dir)
+            from dataclasses import replace
+            new = replace(new, state_dir=self.config.state_dir)
+        self.config = self.engine.config = new
+        self.gate.reload()
+        await self.engine.reconcile()
+        log.info("config reloaded: bridges %s", ", ".join(sorted(new.bridges)) or "none")
+        self.notifier.reloaded(self.status_line())
+
+    def _file_changed(self, path: str) -> None:
+        if path == self.registry.path:
+            self._spawn(self._registry_changed())
+        elif path == self.config.path:
+            self._spawn(self.reload())
+
+    async def _registry_changed(self) -> None:
+        path = self.registry.path
+        if self.registry.is_own_file():
+            return
+        if not os.path.exists(path):
+            log.warning("%s was deleted; writing it again from memory", path)
+            self.registry.save_now()
+            return
+        try:
+            with open(path, encoding="utf-8") as f:
+                snap = parse_registry(f.read(), path)
+        except (RegistryError, UnicodeDecodeError) as e:
+            aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
+            os.replace(path, aside)
+            log.error("hand edit rejected (%s); kept it as %s and wrote the daemon's state back", e, aside)
+            self.registry.save_now()
+            return
+        log.info("registry edited by hand; loading it")
+        await self.engine.load_snapshot(snap)
+        self.registry.last_write = os.stat(path)
+
+    async def _bus_lost(self) -> None:
+        """Without its bus the daemon is useless: exit so systemd restarts it."""
+        try:
+            await self.conn.wait_for_disconnect()
+        except Exception:  # disconnected with an error: the same for us
+            pass
+        if not self.stopping.is_set():
+            log.error("lost the D-Bus connection; exiting")
+            self.exit_code = 1
+            self.stopping.set()
+
+    def _link_event(self, event: str, ifname: str) -> None:
+        if ifname in self.config.bridges:
+            self._spawn(self.engine.refresh_bridge(ifname))
+        elif event == "RTM_DELLINK" and ifname:
+            self.engine.tap_vanished(ifname)
+
+    async def run(self) -> None:
+        await self.start()
+        await self.stopping.wait()
+        self.notifier.stopping()
+        log.info("stopping; TAPs stay in the kernel and will be adopted at the next start")
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        if self.metrics is not None:
+            self.metrics.stop()
+        if self.conn is not None:
+            self.conn.disconnect()
+        self.netlink.close()
+        self.lock.release()
+
+
+def main(argv=None) -> int:
+    logging.basicConfig(level=os.environ.get("FCNETD_LOG", "INFO"),
+                        format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    args = parse_args(argv)
+    try:
+        daemon = Daemon(args)
+    except configmod.ConfigError as e:
+        print(f"fcnetd: {e}", file=sys.stderr)
+        return 1
+
+    async def runner():
+        try:
+            await daemon.run()
+        finally:
+            daemon.close()
+
+    try:
+        asyncio.run(runner())
+    except (RegistryError, FcnetError) as e:
+        print(f"fcnetd: {e}", file=sys.stderr)
+        return 1
+    except PermissionError as e:
+        print(f"fcnetd: {e}", file=sys.stderr)
+        return 1
+    return daemon.exit_code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,386 @@
+"""The engine: networks, attachments and TAPs. Knows nothing of D-Bus.
+
+Every entry point runs in the same order: validate input, check the state,
+change the kernel if needed, change memory, persist, then tell observers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from . import errors as E
+from .config import Config
+from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id,
+                    check_ifname, check_mac, check_name, check_nic, check_uid, check_vlan)
+from .netlink import BridgeState, Netlink, TapState
+from .registry import Registry, Snapshot
+
+log = logging.getLogger("fcnetd.engine")
+TAP_NAME_TRIES = 8
+
+
+@dataclass
+class Stats:
+    """Counters the metrics collector reads; plain ints, cheap to bump."""
+    reconcile: dict = field(default_factory=lambda: defaultdict(int))  # result -> count
+    registry_writes: dict = field(default_factory=lambda: defaultdict(int))
+    registry_write_seconds: list = field(default_factory=list)
+
+
+class Engine:
+    def __init__(self, config: Config, registry: Registry, netlink: Netlink):
+        self.config = config
+        self.registry = registry
+        self.netlink = netlink
+        self.taps: dict[tuple[str, str], TapState] = {}
+        self.bridges: dict[str, BridgeState | None] = {}
+        self._tap_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self._uplink_lock = asyncio.Lock()
+        self.stats = Stats()
+        # Observers are told after a change is on disk (or in the kernel).
+        self.on_network_added = lambda net: None
+        self.on_network_removed = lambda net: None
+        self.on_network_changed = lambda net: None
+
+    @property
+    def host(self) -> str:
+        return self.config.host
+
+    # -- lookups -----------------------------------------------------------
+    def find_network(self, ref: str) -> Network:
+        if not isinstance(ref, str) or not ref:
+            raise E.InvalidArgs("network", "must be a network id or name")
+        net = self.registry.networks.get(ref) or self.registry.by_name.get(ref)
+        if net is None:
+            raise E.NoSuchNetwork(f"no network with id or name {ref!r}")
+        return net
+
+    def attachments_of(self, net: Network) -> list[Attachment]:
+        return list(self.registry.by_network.get(net.id, {}).values())
+
+    def taps_of(self, net: Network) -> list[TapState]:
+        return [self.taps[k] for k in self.registry.by_network.get(net.id, {}) if k in self.taps]
+
+    def status(self, net: Network) -> str:
+        state = self.bridges.get(net.bridge)
+        if net.bridge not in self.config.bridges:
+            return "bridge-not-allowed"
+        if state is None:
+            return "bridge-missing"
+        if not state.up:
+            return "bridge-down"
+        if net.vlan and not state.vlan_filtering:
+            return "vlan-filtering-off"
+        return "active"
+
+    def list_networks(self, search: str = "", kind: str = "", bridge: str = "") -> list[Network]:
+        if kind not in ("", "bridge", "vlan"):
+            raise E.InvalidArgs("type", f"{kind!r} must be 'bridge' or 'vlan'")
+        if not isinstance(search, str) or len(search) > 128:
+            raise E.InvalidArgs("search", "must be text of at most 128 characters")
+        needle = search.lower()
+        out = []
+        for net in reversed(self.registry.networks.values()):  # newest first
+            if kind and net.kind != kind:
+                continue
+            if bridge and net.bridge != bridge:
+                continue
+            if needle and needle not in net.name.lower() and needle not in net.bridge.lower() \
+                    and needle != str(net.vlan) and needle not in net.description.lower():
+                continue
+            out.append(net)
+        return out
+
+    # -- bridges -----------------------------------------------------------
+    def _allowed(self, bridge: str):
+        check_ifname(bridge)
+        cfg = self.config.bridge(bridge)
+        if cfg is None:
+            allowed = ", ".join(sorted(self.config.bridges)) or "none"
+            raise E.BridgeNotAllowed(
+                f"bridge {bridge!r} is not in fcnetd's allow-list (allowed: {allowed}); "
+                f"an admin adds it as [bridges.{bridge}] in the config")
+        return cfg
+
+    async def _prepare_bridge(self, bridge: str, vlan: int) -> BridgeState:
+        cfg = self._allowed(bridge)
+        state = await self.netlink.ensure_bridge(bridge, cfg.create, cfg.mtu, vlan_filtering=bool(vlan))
+        self.bridges[bridge] = state
+        return state
+
+    async def refresh_bridge(self, bridge: str) -> None:
+        try:
+            self.bridges[bridge] = await self.netlink.bridge(bridge)
+        except E.FcnetError:
+            self.bridges[bridge] = None
+
+    async def sync_uplinks(self) -> None:
+        """Keeps each uplink a tagged member of exactly the VLANs in use."""
+        async with self._uplink_lock:
+            for cfg in self.config.bridges.values():
+                if not cfg.uplink:
+                    continue
+                state = self.bridges.get(cfg.name) or await self.netlink.bridge(cfg.name)
+                if state is None or not state.vlan_filtering:
+                    continue
+                index = await self.netlink.link_index(cfg.uplink)
+                if index is None:
+                    log.warning("uplink %s of bridge %s does not exist", cfg.uplink, cfg.name)
+                    continue
+                await self.netlink.set_master(index, state.index, f"uplink {cfg.uplink}")
+                wanted = {state.default_pvid: {"pvid", "untagged"}}
+                for net in self.registry.networks.values():
+                    if net.bridge == cfg.name and net.vlan and net.host == self.host:
+                        wanted.setdefault(net.vlan, set())
+                await self.netlink.set_port_vlans(index, wanted, f"uplink {cfg.uplink}")
+
+    # -- networks ----------------------------------------------------------
+    async def create_network(self, name: str, bridge: str, vlan: int, description: str = "",
+                             origin: str = "manual") -> Network:
+        check_ifname(bridge)
+        check_vlan(vlan)
+        name = check_name(name) if name else auto_name(bridge, vlan)
+        if description:
+            check_description(description)
+        self._allowed(bridge)
+        self._check_free(name, bridge, vlan)
+        await self._prepare_bridge(bridge, vlan)
+        self._check_free(name, bridge, vlan)  # the await above let others in
+        net = Network.new(name, bridge, vlan, self.host, origin, description)
+        self.registry.add_network(net)
+        try:
+            await self.registry.commit()
+        except E.FcnetError:
+            self.registry.remove_network(net)
+            raise
+        log.info("network %s created (%s, bridge %s, vlan %s)", net.name, origin, bridge, vlan or "none")
+        self.on_network_added(net)
+        if vlan:
+            await self.sync_uplinks()
+        return net
+
+    def _check_free(self, name: str, bridge: str, vlan: int) -> None:
+        if (existing := self.registry.by_key.get((self.host, bridge, vlan))) is not None:
+            raise E.NetworkExists(
+                f"network {existing.name} already uses bridge {bridge}"
+                + (f" VLAN {vlan}" if vlan else " untagged") + f" on {self.host}")
+        if name in self.registry.by_name:
+            raise E.NetworkExists(f"a network named {name!r} already exists")
+
+    async def ensure_network(self, bridge: str, vlan: int) -> tuple[Network, bool]:
+        check_ifname(bridge)
+        check_vlan(vlan)
+        existing = self.registry.by_key.get((self.host, bridge, vlan))
+        if existing is not None:
+            return existing, False
+        try:
+            return await self.create_network("", bridge, vlan, origin="auto"), True
+        except E.NetworkExists:
+            # A concurrent caller created it, or a manual network took the auto name.
+            existing = self.registry.by_key.get((self.host, bridge, vlan))
+            if existing is None:
+                raise
+            return existing, False
+
+    async def delete_network(self, ref: str) -> None:
+        net = self.find_network(ref)
+        count = len(self.registry.by_network.get(net.id, {}))
+        if count:
+            raise E.NetworkInUse(
+                f"Network has {count} attached VM{'s' if count != 1 else ''}. Remove VMs first.")
+        self.registry.remove_network(net)
+        try:
+            await self.registry.commit()
+        except E.FcnetError:
+            self.registry.add_network(net)
+            raise
+        log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
+        self.on_network_removed(net)
+        if net.vlan:
+            await self.sync_uplinks()
+
+    # -- attachments -------------------------------------------------------
+    async def attach_vm(self, vm_id: str, bridge: str, vlan: int, vm_name: str = "",
+                        nic: str = "eth0", mac: str = "") -> Network:
+        check_id(vm_id, "vm_id")
+        check_nic(nic)
+        if vm_name:
+            check_name(vm_name, "vm_name")
+        if mac:
+            mac = check_mac(mac)
+        check_ifname(bridge)
+        check_vlan(vlan)
+        self._check_unattached(vm_id, nic)
+        net, _ = await self.ensure_network(bridge, vlan)
+        self._check_unattached(vm_id, nic)
+        if net.id not in self.registry.networks:
+            raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching")
+        att = Attachment(vm_id, nic, net.id, vm_name, mac)
+        self.registry.add_attachment(att)
+        try:
+            await self.registry.commit()
+        except E.FcnetError:
+            self.registry.remove_attachment(att)
+            raise
+        self.on_network_changed(net)
+        return net
+
+    def _check_unattached(self, vm_id: str, nic: str) -> None:
+        if (att := self.registry.attachments.get((vm_id, nic))) is not None:
+            net = self.registry.networks[att.network_id]
+            raise E.NicAttached(f"VM {vm_id} NIC {nic} is already attached to network {net.name}")
+
+    def _attachment(self, vm_id: str, nic: str) -> Attachment:
+        check_id(vm_id, "vm_id")
+        check_nic(nic)
+        att = self.registry.attachments.get((vm_id, nic))
+        if att is None:
+            raise E.NoSuchVm(f"VM {vm_id} has no NIC {nic} attached (call AttachVm first)")
+        return att
+
+    async def detach_vm(self, vm_id: str, nic: str) -> None:
+        att = self._attachment(vm_id, nic)
+        await self.delete_tap(vm_id, nic)
+        if self.registry.attachments.get(att.key) is not att:
+            return  # a concurrent DetachVm finished first
+        self.registry.remove_attachment(att)
+        try:
+            await self.registry.commit()
+        except E.FcnetError:
+            self.registry.add_attachment(att)
+            raise
+        net = self.registry.networks.get(att.network_id)
+        if net is not None:
+            self.on_network_changed(net)
+
+    # -- TAPs --------------------------------------------------------------
+    async def create_tap(self, vm_id: str, nic: str, uid: int | None = None, gid: int | None = None,
+                         name: str = "") -> str:
+        att = self._attachment(vm_id, nic)
+        if uid is not None:
+            check_uid(uid, "owner_uid")
+        if gid is not None:
+            check_uid(gid, "owner_gid")
+        if name:
+            check_ifname(name, "tap_name")
+        async with self._tap_locks[att.key]:
+            if (tap := self.taps.get(att.key)) is not None:
+                return tap.name  # VM start retried: same TAP
+            net = self.registry.networks[att.network_id]
+            bridge = await self._prepare_bridge(net.bridge, net.vlan)
+            mtu = self.config.bridges[net.bridge].mtu
+            for attempt in range(1 if name else TAP_NAME_TRIES):
+                candidate = name or f"{TAP_PREFIX}{random.randrange(10**6):06d}"
+                try:
+                    tap = await self.netlink.create_tap(candidate, vm_id, nic, bridge, net.vlan,
+                                                        uid, gid, mtu)
+                    break
+                except E.TapExists:
+                    if name or attempt == TAP_NAME_TRIES - 1:
+                        raise
+            self.taps[att.key] = tap
+        log.info("tap %s created for VM %s NIC %s on %s", tap.name, vm_id, nic, net.name)
+        self.on_network_changed(net)
+        return tap.name
+
+    async def delete_tap(self, vm_id: str, nic: str) -> None:
+        check_id(vm_id, "vm_id")
+        check_nic(nic)
+        key = (vm_id, nic)
+        async with self._tap_locks[key]:
+            tap = self.taps.get(key)
+            if tap is None:
+                return
+            await self.netlink.delete_link(tap.name)
+            self.taps.pop(key, None)
+        self._tap_locks.pop(key, None)
+        att = self.registry.attachments.get(key)
+        if att is not None and att.network_id in self.registry.networks:
+            self.on_network_changed(self.registry.networks[att.network_id])
+
+    # -- reconcile -----------------------------------------------------------
+    async def reconcile(self) -> dict[str, int]:
+        """Brings the kernel in line with the registry: adopts our TAPs,
+        reaps tagged TAPs whose attachment is gone, repairs drift. Devices
+        without fcnetd's tag are never touched."""
+        result = defaultdict(int)
+        for bridge in self.config.bridges:
+            await self.refresh_bridge(bridge)
+        kernel = await self.netlink.taps()
+        adopted = {}
+        for key, tap in kernel.items():
+            att = self.registry.attachments.get(key)
+            if att is None:
+                await self.netlink.delete_link(tap.name)
+                log.info("reaped tap %s: VM %s NIC %s is not attached", tap.name, *key)
+                result["reaped"] += 1
+                continue
+            net = self.registry.networks[att.network_id]
+            bridge = self.bridges.get(net.bridge)
+            if bridge is not None:
+                if tap.master != bridge.index:
+                    await self.netlink.set_master(tap.index, bridge.index, f"tap {tap.name}")
+                    result["drift"] += 1
+                if net.vlan and bridge.vlan_filtering:
+                    want = {net.vlan: {"pvid", "untagged"}}
+                    if await self.netlink.port_vlans(tap.index) != want:
+                        await self.netlink.set_port_vlans(tap.index, want, f"tap {tap.name}")
+                        result["drift"] += 1
+            adopted[key] = tap
+            result["adopted"] += 1
+        self.taps = adopted
+        try:
+            await self.sync_uplinks()
+        except E.FcnetError as e:
+            log.warning("uplink sync failed: %s", e)
+        for k, v in result.items():
+            self.stats.reconcile[k] += v
+        return dict(result)
+
+    async def load_snapshot(self, snap: Snapshot) -> None:
+        """A valid hand edit of the registry: take it, then reconcile."""
+        before = set(self.registry.networks)
+        old = dict(self.registry.networks)
+        self.registry.replace(snap)
+        for net_id in before - set(snap.networks):
+            self.on_network_removed(old[net_id])
+        for net_id in set(snap.networks) - before:
+            self.on_network_added(snap.networks[net_id])
+        await self.reconcile()
+        for net in self.registry.networks.values():
+            self.on_network_changed(net)
+
+    def describe(self) -> dict:
+        return {
+            "host": self.host,
+            "bridges": {name: {"allowed": True, "create": cfg.create, "uplink": cfg.uplink,
+                               "mtu": cfg.mtu, "present": self.bridges.get(name) is not None,
+                               "vlan_filtering": getattr(self.bridges.get(name), "vlan_filtering", None)}
+                        for name, cfg in self.config.bridges.items()},
+            "networks": [self.network_view(n) for n in self.list_networks()],
+        }
+
+    def network_view(self, net: Network) -> dict:
+        """A network with its VMs and TAPs: what GetNetwork and Describe show."""
+        vms = []
+        for att in self.attachments_of(net):
+            tap = self.taps.get(att.key)
+            vms.append({**att.to_dict(), "tap": tap.name if tap else "",
+                        "state": "running" if tap else "stopped"})
+        return {**net.to_dict(), "type": net.kind, "status": self.status(net),
+                "vm_count": len(vms), "vms": vms, "taps": [v["tap"] for v in vms if v["tap"]]}
+
+    def tap_vanished(self, name: str) -> None:
+        """Someone else deleted one of our TAPs: forget it (the VM is stopped)."""
+        for key, tap in list(self.taps.items()):
+            if tap.name == name:
+                del self.taps[key]
+                self.stats.reconcile["drift"] += 1
+                log.warning("tap %s of VM %s NIC %s vanished from the kernel", name, *key)
+                att = self.registry.attachments.get(key)
+                if att is not None and att.network_id in self.registry.networks:
+                    self.on_network_changed(self.registry.networks[att.network_id])

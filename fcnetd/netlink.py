@@ -1,0 +1,259 @@
+"""Every netlink operation of fcnetd, through pyroute2 (imported here only).
+
+Creates are idempotent, deletes tolerate a device that is already gone, and
+kernel errors become domain errors in one place (_translate), by errno name.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from pyroute2 import AsyncIPRoute, IPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+from pyroute2.netlink.rtnl import RTMGRP_LINK
+
+from . import tundev
+from .errors import BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
+from .model import parse_tap_tag, tap_tag
+
+IFF_UP = 0x1
+VLAN_UNSUPPORTED_HINT = (
+    "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); "
+    "tagged networks need it, and fcnetd will not put them on a shared segment. "
+    "Boot a kernel with bridge VLAN filtering (Debian's linux-image-amd64 has it) "
+    "or use an untagged network")
+
+
+@dataclass(frozen=True)
+class BridgeState:
+    name: str
+    index: int
+    up: bool
+    vlan_filtering: bool | None  # None: the kernel cannot filter VLANs
+    default_pvid: int
+
+
+@dataclass(frozen=True)
+class TapState:
+    name: str
+    index: int
+    vm_id: str
+    nic: str
+    master: int
+    up: bool
+    carrier: bool
+
+
+def _translate(e: Exception, what: str) -> FcnetError:
+    code = getattr(e, "code", None) or getattr(e, "errno", None)
+    if code == errno.EOPNOTSUPP:
+        return VlanUnsupported(f"{what}: {VLAN_UNSUPPORTED_HINT}")
+    if code in (errno.EEXIST, errno.EBUSY):
+        return TapExists(f"{what}: a device of that name already exists and was not created by fcnetd")
+    if code == errno.ENODEV:
+        return BridgeNotFound(f"{what}: no such device")
+    if code == errno.EPERM:
+        return Internal(f"{what}: the daemon lacks CAP_NET_ADMIN")
+    name = errno.errorcode.get(code, str(code))
+    return Internal(f"{what}: kernel said {name}")
+
+
+def _bridge_state(msg) -> BridgeState:
+    data = msg.get(("linkinfo", "data")) or {}
+    filtering = data.get("IFLA_BR_VLAN_FILTERING") if hasattr(data, "get") else None
+    pvid = data.get("IFLA_BR_VLAN_DEFAULT_PVID") if hasattr(data, "get") else None
+    return BridgeState(
+        name=msg.get("ifname"), index=msg["index"], up=bool(msg["flags"] & IFF_UP),
+        vlan_filtering=None if filtering is None else bool(filtering),
+        default_pvid=pvid if pvid is not None else 1)
+
+
+def _tap_state(msg) -> TapState | None:
+    owner = parse_tap_tag(msg.get("ifalias"))
+    if owner is None:
+        return None
+    return TapState(
+        name=msg.get("ifname"), index=msg["index"], vm_id=owner[0], nic=owner[1],
+        master=msg.get("master") or 0, up=bool(msg["flags"] & IFF_UP),
+        carrier=msg.get("operstate") == "UP")
+
+
+class Netlink:
+    """One AsyncIPRoute for requests in the event loop, plus a small pool of
+    synchronous sockets for link deletion: the kernel holds a deleting task
+    for ~16 ms (an RCU grace period) inside sendmsg(), which would stall the
+    loop and serialise every delete behind the previous one."""
+
+    DELETE_WORKERS = 32
+
+    def __init__(self):
+        self.ipr: AsyncIPRoute | None = None
+        self._pool = ThreadPoolExecutor(self.DELETE_WORKERS, thread_name_prefix="fcnetd-del")
+        self._local = threading.local()
+        self._sync_sockets: list[IPRoute] = []
+        self._sockets_lock = threading.Lock()
+
+    async def open(self) -> None:
+        self.ipr = AsyncIPRoute()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+        for s in self._sync_sockets:
+            s.close()
+        if self.ipr is not None:
+            self.ipr.close()
+
+    # -- bridges ---------------------------------------------------------
+    async def bridge(self, name: str) -> BridgeState | None:
+        try:
+            msgs = await self.ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise _translate(e, f"bridge {name}") from e
+        msg = msgs[0]
+        if msg.get(("linkinfo", "kind")) != "bridge":
+            raise BridgeNotFound(f"bridge {name}: {name} exists but is not a bridge")
+        return _bridge_state(msg)
+
+    async def ensure_bridge(self, name: str, create: bool, mtu: int, vlan_filtering: bool) -> BridgeState:
+        state = await self.bridge(name)
+        if state is None:
+            if not create:
+                raise BridgeNotFound(
+                    f"bridge {name} does not exist and the config does not allow creating it "
+                    f"(set create = true in [bridges.{name}])")
+            extra = {"mtu": mtu} if mtu else {}
+            try:
+                await self.ipr.link("add", ifname=name, kind="bridge", **extra)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:  # lost a race with another creator: fine
+                    raise _translate(e, f"create bridge {name}") from e
+            state = await self.bridge(name)
+        if not state.up:
+            await self.ipr.link("set", index=state.index, state="up")
+        if vlan_filtering and not state.vlan_filtering:
+            try:
+                await self.ipr.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
+            except NetlinkError as e:
+                raise _translate(e, f"bridge {name}") from e
+        return await self.bridge(name)
+
+    # -- bridge port VLANs -----------------------------------------------
+    async def port_vlans(self, index: int) -> dict[int, set[str]]:
+        """VID -> flags ('pvid', 'untagged') of one bridge port."""
+        result: dict[int, set[str]] = {}
+        async for msg in await self.ipr.get_vlans(index=index):
+            spec = msg.get("IFLA_AF_SPEC")
+            if not spec:
+                continue
+            for name, info in spec["attrs"]:
+                if name == "IFLA_BRIDGE_VLAN_INFO":
+                    flags = set()
+                    if info["flags"] & 0x2:
+                        flags.add("pvid")
+                    if info["flags"] & 0x4:
+                        flags.add("untagged")
+                    result[info["vid"]] = flags
+        return result
+
+    async def set_port_vlans(self, index: int, wanted: dict[int, set[str]], what: str) -> None:
+        """Makes the port a member of exactly `wanted` (VID -> flags)."""
+        try:
+            current = await self.port_vlans(index)
+            for vid, flags in wanted.items():
+                if current.get(vid) != flags:
+                    await self.ipr.vlan_filter("add", index=index,
+                                               vlan_info={"vid": vid, "flags": sorted(flags)})
+            for vid in current.keys() - wanted.keys():
+                await self.ipr.vlan_filter("del", index=index, vlan_info={"vid": vid})
+        except NetlinkError as e:
+            raise _translate(e, what) from e
+
+    # -- TAPs ------------------------------------------------------------
+    async def create_tap(self, name: str, vm_id: str, nic: str, bridge: BridgeState, vlan: int,
+                         uid: int | None, gid: int | None, mtu: int) -> TapState:
+        """Creates, tags, plugs and raises a TAP; on failure nothing is left behind."""
+        try:
+            tundev.create_persistent_tap(name, uid, gid)
+        except OSError as e:
+            raise _translate(e, f"tap {name}") from e
+        try:
+            index = (await self.ipr.link_lookup(ifname=name))[0]
+            extra = {"mtu": mtu} if mtu else {}
+            await self.ipr.link("set", index=index, master=bridge.index,
+                                ifalias=tap_tag(vm_id, nic), **extra)
+            if vlan:
+                # Enslaving made it a member of the bridge's default VLAN; a
+                # tagged network's TAP must be in its own VLAN and no other.
+                await self.set_port_vlans(index, {vlan: {"pvid", "untagged"}}, f"tap {name}")
+            await self.ipr.link("set", index=index, state="up")
+        except BaseException as e:
+            await self.delete_link(name)
+            if isinstance(e, NetlinkError):
+                raise _translate(e, f"tap {name}") from e
+            raise
+        return TapState(name, index, vm_id, nic, bridge.index, True, False)
+
+    async def taps(self) -> dict[tuple[str, str], TapState]:
+        """Every TAP that carries fcnetd's tag, by (vm_id, nic)."""
+        found: dict[tuple[str, str], TapState] = {}
+        async for msg in await self.ipr.link("dump"):
+            tap = _tap_state(msg)
+            if tap is not None and msg.get(("linkinfo", "kind")) == "tun":
+                found[(tap.vm_id, tap.nic)] = tap
+        return found
+
+    async def tap(self, name: str) -> TapState | None:
+        try:
+            msgs = await self.ipr.link("get", ifname=name)
+        except NetlinkError as e:
+            if e.code == errno.ENODEV:
+                return None
+            raise _translate(e, f"tap {name}") from e
+        return _tap_state(msgs[0])
+
+    async def link_index(self, name: str) -> int | None:
+        found = await self.ipr.link_lookup(ifname=name)
+        return found[0] if found else None
+
+    async def set_master(self, index: int, master: int, what: str) -> None:
+        try:
+            await self.ipr.link("set", index=index, master=master)
+        except NetlinkError as e:
+            raise _translate(e, what) from e
+
+    def _sync_socket(self) -> IPRoute:
+        ipr = getattr(self._local, "ipr", None)
+        if ipr is None:
+            ipr = self._local.ipr = IPRoute()
+            with self._sockets_lock:
+                self._sync_sockets.append(ipr)
+        return ipr
+
+    def _delete_blocking(self, name: str) -> None:
+        try:
+            self._sync_socket().link("del", ifname=name)
+        except NetlinkError as e:
+            if e.code not in (errno.ENODEV, errno.ENOENT):
+                raise _translate(e, f"delete {name}") from e
+
+    async def delete_link(self, name: str) -> None:
+        """Deletes a device; a device that is already gone is success."""
+        await asyncio.get_running_loop().run_in_executor(self._pool, self._delete_blocking, name)
+
+    # -- link events -------------------------------------------------------
+    async def watch_links(self, callback) -> None:
+        """Calls callback(event, ifname) for every link change until cancelled."""
+        mon = AsyncIPRoute()
+        try:
+            await mon.bind(groups=RTMGRP_LINK)
+            while True:
+                async for msg in mon.get():
+                    callback(msg.get("event"), msg.get("ifname"))
+        finally:
+            mon.close()

@@ -1,0 +1,54 @@
+"""/dev/net/tun ioctls: the one kernel interface for TAPs that is not netlink.
+
+The kernel refuses to create TUN/TAP devices over rtnetlink, so creation
+goes through TUNSETIFF. IFF_TUN_EXCL makes it fail with EBUSY when the name
+exists, so fcnetd can never attach itself to a device it did not create.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import struct
+
+TUNSETIFF = 0x400454CA
+TUNSETPERSIST = 0x400454CB
+TUNSETOWNER = 0x400454CC
+TUNSETGROUP = 0x400454CE
+IFF_TAP = 0x0002
+IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+IFF_TUN_EXCL = 0x8000
+TUN_DEVICE = "/dev/net/tun"
+
+# Firecracker opens its TAP with IFF_TAP | IFF_NO_PI | IFF_VNET_HDR.
+VM_FLAGS = IFF_TAP | IFF_NO_PI | IFF_VNET_HDR
+
+
+def _ifreq(name: str, flags: int) -> bytes:
+    return struct.pack("16sH22x", name.encode(), flags)
+
+
+def create_persistent_tap(name: str, uid: int | None, gid: int | None) -> None:
+    """Creates a persistent TAP owned by uid/gid; OSError(EBUSY) if the name exists."""
+    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _ifreq(name, VM_FLAGS | IFF_TUN_EXCL))
+        if uid is not None:
+            fcntl.ioctl(fd, TUNSETOWNER, uid)
+        if gid is not None:
+            fcntl.ioctl(fd, TUNSETGROUP, gid)
+        fcntl.ioctl(fd, TUNSETPERSIST, 1)
+    finally:
+        os.close(fd)
+
+
+def open_tap(name: str, flags: int = IFF_TAP | IFF_NO_PI) -> int:
+    """Opens an existing TAP the way a VMM does; returns the queue's fd."""
+    fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
+    try:
+        fcntl.ioctl(fd, TUNSETIFF, _ifreq(name, flags))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd

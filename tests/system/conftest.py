@@ -1,0 +1,71 @@
+import grp
+import os
+import shutil
+
+import pytest
+
+from fcnetd.testbus import TestBus
+
+from .harness import Client, Daemon, Netns
+
+REQUIRED = ["ip", "dbus-daemon", "busctl", "setpriv"]
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "tests/system" in str(item.fspath):
+            item.add_marker(pytest.mark.system)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _prerequisites():
+    missing = [c for c in REQUIRED if shutil.which(c) is None]
+    problems = []
+    if os.geteuid() != 0:
+        problems.append("the system tier needs root (network namespaces, TAPs)")
+    if missing:
+        problems.append(f"missing commands: {', '.join(missing)}")
+    try:
+        grp.getgrnam("fcnet")
+    except KeyError:
+        problems.append("group fcnet is missing (groupadd --system fcnet, as .ci/run does)")
+    if problems:
+        msg = "; ".join(problems)
+        if os.environ.get("CI"):
+            pytest.fail(f"system tier prerequisites missing in CI: {msg}", pytrace=False)
+        pytest.skip(f"SYSTEM TIER NOT RUN: {msg}", allow_module_level=True)
+
+
+@pytest.fixture
+def ns():
+    n = Netns()
+    yield n
+    n.delete()
+
+
+@pytest.fixture
+def bus(tmp_path):
+    d = tmp_path / "bus"
+    d.mkdir()
+    b = TestBus(str(d)).start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def config(tmp_path):
+    path = tmp_path / "fcnetd.toml"
+    path.write_text('[daemon]\nhost = "node1"\n\n[bridges.fcbr0]\ncreate = true\n\n[bridges.fcbr1]\ncreate = true\n')
+    return str(path)
+
+
+@pytest.fixture
+def daemon(ns, bus, tmp_path, config):
+    d = Daemon(ns, bus, str(tmp_path / "state"), config).start()
+    yield d
+    d.stop()
+
+
+@pytest.fixture
+def client(bus):
+    return Client(bus.address)

@@ -1,0 +1,168 @@
+"""Real parts for the system tier: a network namespace, a dbus-daemon with the
+project's policy, the fcnetd process, and clients (busctl, fcnetctl, and a
+small dbus-fast client for asserting error names)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from fcnetd.bus import DBusError, Variant, call, connect, unwrap
+from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
+from fcnetd.testbus import TestBus
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+_counter = itertools.count()
+
+
+def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess:
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=60, **kw)
+    if check and res.returncode != 0:
+        raise AssertionError(f"{cmd} failed ({res.returncode}): {res.stderr or res.stdout}")
+    return res
+
+
+class Netns:
+    def __init__(self):
+        self.name = f"fcnt{os.getpid()}x{next(_counter)}"
+        run(["ip", "netns", "add", self.name])
+        self.ip("link", "set", "lo", "up")
+
+    def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        return run(["ip", "-n", self.name, *args], check=check)
+
+    def link(self, name: str) -> dict | None:
+        res = self.ip("-d", "-j", "link", "show", "dev", name, check=False)
+        return json.loads(res.stdout)[0] if res.returncode == 0 else None
+
+    def links(self) -> list[dict]:
+        return json.loads(self.ip("-d", "-j", "link", "show").stdout)
+
+    def taps(self) -> list[dict]:
+        return [l for l in self.links() if l.get("linkinfo", {}).get("info_kind") == "tun"]
+
+    def sysfs(self, ifname: str, attr: str) -> str:
+        return run(["ip", "netns", "exec", self.name, "cat", f"/sys/class/net/{ifname}/{attr}"]).stdout.strip()
+
+    def delete(self) -> None:
+        run(["ip", "netns", "del", self.name], check=False)
+
+
+class Daemon:
+    """The real fcnetd process inside the namespace; waits for READY=1."""
+
+    def __init__(self, ns: Netns, bus: TestBus, state_dir: str, config: str | None = None,
+                 extra: list[str] | None = None):
+        self.ns, self.bus, self.state_dir, self.config = ns, bus, state_dir, config
+        self.extra = extra or []
+        self.proc: subprocess.Popen | None = None
+        self.log = os.path.join(os.path.dirname(state_dir.rstrip("/")), f"fcnetd-{next(_counter)}.log")
+
+    def command(self) -> list[str]:
+        cmd = ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "fcnetd.daemon",
+               "--bus", self.bus.address, "--state-dir", self.state_dir, "--metrics", "off", *self.extra]
+        if self.config:
+            cmd += ["--config", self.config]
+        return cmd
+
+    def start(self, wait: bool = True, timeout: float = 20) -> "Daemon":
+        sock_path = os.path.join(os.path.dirname(self.log), f"notify-{next(_counter)}.sock")
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        sock.bind(sock_path)
+        sock.settimeout(0.2)
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "PYTHONPATH": REPO}
+        self.logf = open(self.log, "ab")
+        self.proc = subprocess.Popen(self.command(), env=env, stdout=self.logf, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL)
+        self.notifications: list[str] = []
+        try:
+            deadline = time.monotonic() + timeout
+            while wait:
+                try:
+                    self.notifications.append(sock.recv(4096).decode())
+                    if any("READY=1" in n for n in self.notifications):
+                        break
+                except socket.timeout:
+                    pass
+                if self.proc.poll() is not None:
+                    raise AssertionError(f"fcnetd exited with {self.proc.returncode}: {self.output()}")
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"fcnetd sent no READY=1 in {timeout}s: {self.output()}")
+        finally:
+            sock.close()
+            os.unlink(sock_path)
+        return self
+
+    def output(self) -> str:
+        self.logf.flush()
+        with open(self.log, errors="replace") as f:
+            return f.read()
+
+    def wait(self, timeout: float = 20) -> int:
+        return self.proc.wait(timeout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait(5)
+
+    def kill9(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+
+class Client:
+    """Synchronous calls through dbus-fast; errors come back as DBusError."""
+
+    def __init__(self, address: str):
+        self.address = address
+
+    def call(self, member: str, signature: str = "", *body, path: str = MANAGER_PATH,
+             interface: str = MANAGER_IFACE):
+        async def go():
+            conn = await connect(self.address)
+            try:
+                return await call(conn, BUS_NAME, path, interface, member, signature, list(body))
+            finally:
+                conn.disconnect()
+        return unwrap(asyncio.run(go()))
+
+    def error(self, member: str, signature: str = "", *body, **kw) -> DBusError:
+        try:
+            result = self.call(member, signature, *body, **kw)
+        except DBusError as e:
+            return e
+        raise AssertionError(f"{member}{body} succeeded with {result!r}; an error was expected")
+
+    def props(self, path: str, interface: str) -> dict:
+        return self.call("GetAll", "s", interface, path=path, interface="org.freedesktop.DBus.Properties")[0]
+
+
+def v(sig: str, value) -> Variant:
+    return Variant(sig, value)
+
+
+def busctl(address: str, *args: str, check: bool = True, user: int | None = None,
+           groups: list[int] | None = None) -> subprocess.CompletedProcess:
+    cmd = ["busctl", f"--address={address}", *args]
+    if user is not None:
+        cmd = ["setpriv", f"--reuid={user}", f"--regid={user}",
+               f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups", *cmd]
+    return run(cmd, check=check)
+
+
+def fcnetctl(address: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run([sys.executable, "-m", "fcnetd.cli", "--bus", address, *args], check=check,
+               env={**os.environ, "PYTHONPATH": REPO})
