@@ -4,7 +4,9 @@ deny rules as Debian's system.conf, plus the project's own policy file."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 
 POLICY = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "dbus",
@@ -40,11 +42,16 @@ TEMPLATE = """<!DOCTYPE busconfig PUBLIC "-//freedesktop//DTD D-Bus Bus Configur
 """
 
 
-class TestBus:
+class PrivateBus:
     """dbus-daemon on a socket in `directory`; policy=False leaves out the
     project's policy file (to prove the daemon checks callers itself)."""
 
-    def __init__(self, directory: str, policy: bool = True):
+    def __init__(self, directory: str | None = None, policy: bool = True):
+        # The socket must be reachable by the unprivileged callers the tests
+        # and the demo run, so it lives in its own world-searchable directory.
+        directory = directory or tempfile.mkdtemp(prefix="fcnetd-bus-")
+        os.chmod(directory, 0o755)
+        self.directory = directory
         self.socket = os.path.join(directory, "bus.sock")
         self.address = f"unix:path={self.socket}"
         self.conf = os.path.join(directory, "bus.conf")
@@ -56,7 +63,7 @@ class TestBus:
             f.write(TEMPLATE.format(socket=self.socket, include=include))
         self.proc: subprocess.Popen | None = None
 
-    def start(self, netns: str | None = None) -> "TestBus":
+    def start(self, netns: str | None = None) -> "PrivateBus":
         cmd = ["dbus-daemon", f"--config-file={self.conf}", "--nofork", "--nopidfile", "--nosyslog"]
         if netns:
             cmd = ["ip", "netns", "exec", netns, *cmd]
@@ -73,3 +80,4 @@ class TestBus:
         if self.proc and self.proc.poll() is None:
             self.proc.terminate()
             self.proc.wait(5)
+        shutil.rmtree(self.directory, ignore_errors=True)

@@ -4,7 +4,7 @@ import shutil
 
 import pytest
 
-from fcnetd.testbus import TestBus
+from fcnetd.testbus import PrivateBus
 
 from .harness import Client, Daemon, Netns
 
@@ -44,10 +44,8 @@ def ns():
 
 
 @pytest.fixture
-def bus(tmp_path):
-    d = tmp_path / "bus"
-    d.mkdir()
-    b = TestBus(str(d)).start()
+def bus():
+    b = PrivateBus().start()
     yield b
     b.stop()
 

@@ -16,7 +16,7 @@ import time
 
 from fcnetd.bus import DBusError, Variant, call, connect, unwrap
 from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
-from fcnetd.testbus import TestBus
+from fcnetd.testbus import PrivateBus
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 _counter = itertools.count()
@@ -58,7 +58,7 @@ class Netns:
 class Daemon:
     """The real fcnetd process inside the namespace; waits for READY=1."""
 
-    def __init__(self, ns: Netns, bus: TestBus, state_dir: str, config: str | None = None,
+    def __init__(self, ns: Netns, bus: PrivateBus, state_dir: str, config: str | None = None,
                  extra: list[str] | None = None):
         self.ns, self.bus, self.state_dir, self.config = ns, bus, state_dir, config
         self.extra = extra or []

@@ -1,0 +1,110 @@
+"""Every bad input gets a clear error naming the field and the rule, and
+nothing already stored changes (issue 2, "Bad input")."""
+
+import json
+
+import pytest
+
+from .harness import busctl, v
+
+INVALID = "org.freedesktop.DBus.Error.InvalidArgs"
+ERR = "org.fcnetd.Network1.Error."
+
+
+@pytest.fixture
+def stored(daemon, client):
+    """A known state; each test proves its bad call left it byte for byte."""
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
+    path = daemon.state_dir + "/registry.json"
+    before = open(path).read()
+    yield
+    assert open(path).read() == before, "a refused call changed the registry"
+    assert [n["Name"] for n in client.call("ListNetworks", "a{sv}", {})[0]] == ["fcbr0"]
+
+
+@pytest.mark.parametrize("vlan", [4095, 4096, 65535])
+def test_vlan_out_of_range(stored, client, vlan):
+    for member, args in (("CreateNetwork", ("ssqa{sv}", "", "fcbr0", vlan, {})),
+                         ("EnsureNetwork", ("sq", "fcbr0", vlan)),
+                         ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", vlan, {}))):
+        err = client.error(member, *args)
+        assert err.type == INVALID and err.text.startswith("vlan:") and "1-4094" in err.text
+
+
+@pytest.mark.parametrize("bridge,rule", [
+    ("", "non-empty"), ("a" * 16, "longer than 15 bytes"), ("br/0", "must not contain"),
+    ("br:0", "must not contain"), ("br 0", "must not contain"), ("br\t0", "printable"),
+    ("br%d", "must not contain"), (".", "not a valid interface name"), ("..", "not a valid interface name"),
+    ("brü", "ASCII"),
+])
+def test_bad_bridge_names(stored, client, bridge, rule):
+    err = client.error("CreateNetwork", "ssqa{sv}", "", bridge, 10, {})
+    assert err.type == INVALID and err.text.startswith("bridge:") and rule in err.text, err.text
+
+
+@pytest.mark.parametrize("bridge", ["eth0", "docker0"])
+def test_bridges_outside_the_allow_list(stored, client, daemon, bridge):
+    err = client.error("CreateNetwork", "ssqa{sv}", "", bridge, 0, {})
+    assert err.type == ERR + "BridgeNotAllowed" and bridge in err.text and "allow-list" in err.text
+    assert daemon.ns.link(bridge) is None
+
+
+def test_unknown_network_and_vm(stored, client):
+    assert client.error("DeleteNetwork", "s", "nope").type == ERR + "NoSuchNetwork"
+    assert client.error("GetNetwork", "s", "nope").type == ERR + "NoSuchNetwork"
+    err = client.error("DetachVm", "ss", "vm-404", "eth0")
+    assert err.type == ERR + "NoSuchVm" and "vm-404" in err.text
+
+
+def test_duplicate_name(stored, client):
+    err = client.error("CreateNetwork", "ssqa{sv}", "fcbr0", "fcbr1", 0, {})
+    assert err.type == ERR + "NetworkExists" and "named 'fcbr0'" in err.text
+
+
+def test_nic_attached_twice(stored, client):
+    err = client.error("AttachVm", "ssqa{sv}", "vm-1", "fcbr1", 0, {})
+    assert err.type == ERR + "NicAttached" and "vm-1" in err.text and "eth0" in err.text
+
+
+def test_create_tap_for_a_vm_not_attached(stored, client):
+    err = client.error("CreateTap", "ssa{sv}", "vm-2", "eth0", {})
+    assert err.type == ERR + "NoSuchVm" and "AttachVm" in err.text
+
+
+def test_tap_name_that_exists_but_is_not_ours(stored, client, daemon):
+    daemon.ns.ip("tuntap", "add", "dev", "vmtapforeign", "mode", "tap")
+    err = client.error("CreateTap", "ssa{sv}", "vm-1", "eth0", {"tap_name": v("s", "vmtapforeign")})
+    assert err.type == ERR + "TapExists" and "not created by fcnetd" in err.text
+    link = daemon.ns.link("vmtapforeign")
+    assert link is not None and "master" not in link and "ifalias" not in link
+
+
+@pytest.mark.parametrize("member,args,field", [
+    ("AttachVm", ("ssqa{sv}", "vm 1", "fcbr0", 0, {}), "vm_id"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"nic": v("s", "eth/0")}), "nic"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"mac": v("s", "zz")}), "mac"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"colour": v("s", "red")}), "colour"),
+    ("CreateTap", ("ssa{sv}", "vm-1", "eth0", {"owner_uid": v("s", "1000")}), "owner_uid"),
+    ("CreateNetwork", ("ssqa{sv}", "bad name", "fcbr0", 5, {}), "name"),
+])
+def test_bad_fields_are_named(stored, client, member, args, field):
+    err = client.error(member, *args)
+    assert err.type == INVALID and err.text.startswith(field + ":"), err.text
+
+
+def test_wrong_dbus_signature(stored, bus, client):
+    err = client.error("CreateNetwork", "ss", "", "fcbr0")
+    assert err.type == INVALID and "'ssqa{sv}'" in err.text and "'ss'" in err.text
+    res = busctl(bus.address, "call", "org.fcnetd.Network1", "/org/fcnetd/Network1",
+                 "org.fcnetd.Network1.Manager", "EnsureNetwork", "ss", "fcbr0", "10", check=False)
+    assert res.returncode != 0 and "takes arguments of signature 'sq'" in res.stderr
+
+
+def test_vlan_unsupported_on_this_kernel(stored, client, daemon):
+    """This machine's kernel has no bridge VLAN filtering: a tagged network is
+    refused with a message that says what the kernel lacks."""
+    err = client.error("CreateNetwork", "ssqa{sv}", "", "fcbr1", 10, {})
+    assert err.type == ERR + "VlanUnsupported"
+    assert "CONFIG_BRIDGE_VLAN_FILTERING" in err.text and "shared segment" in err.text
+    assert client.error("AttachVm", "ssqa{sv}", "vm-3", "fcbr0", 30, {}).type == ERR + "VlanUnsupported"

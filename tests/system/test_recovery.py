@@ -1,0 +1,163 @@
+"""Restarts, crashes, a second instance, damaged registries, hand edits and
+config reloads (issue 2, item 8 and the registry rules)."""
+
+import json
+import os
+import signal
+import time
+
+import pytest
+
+from .harness import Daemon, v
+
+
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_restart_and_kill9_adopt_taps_reap_orphans_leave_foreign_devices(daemon, client, tmp_path):
+    ns = daemon.ns
+    client.call("AttachVm", "ssqa{sv}", "vm-a", "fcbr0", 0, {})
+    client.call("AttachVm", "ssqa{sv}", "vm-b", "fcbr0", 0, {})
+    tap_a = client.call("CreateTap", "ssa{sv}", "vm-a", "eth0", {})[0]
+    tap_b = client.call("CreateTap", "ssa{sv}", "vm-b", "eth0", {})[0]
+    # A foreign TAP, even one named like ours and enslaved to our bridge, is never touched.
+    ns.ip("tuntap", "add", "dev", "vmtap999999", "mode", "tap")
+    ns.ip("link", "set", "vmtap999999", "master", "fcbr0")
+    before = client.call("ListNetworks", "a{sv}", {})[0]
+
+    daemon.kill9()
+    # While it is down, the attachment of vm-b goes away (as if edited out by an admin).
+    state = json.load(open(daemon.state_dir + "/registry.json"))
+    state["attachments"] = [a for a in state["attachments"] if a["vm_id"] != "vm-b"]
+    with open(daemon.state_dir + "/registry.json", "w") as f:
+        json.dump(state, f)
+    # and someone else's device carries a tag that looks like ours but is no TAP
+    ns.ip("link", "add", "dummy0", "type", "veth", "peer", "name", "dummy1")
+    ns.ip("link", "set", "dummy0", "alias", "fcnetd:vm-z:eth0")
+
+    restarted = Daemon(ns, daemon.bus, daemon.state_dir, daemon.config).start()
+    try:
+        assert ns.link(tap_a) is not None and ns.link(tap_a)["master"] == "fcbr0"
+        assert ns.link(tap_b) is None, "an orphaned tagged TAP must be reaped"
+        assert ns.link("vmtap999999") is not None and ns.link("dummy0") is not None
+        assert client.call("GetNetwork", "s", "fcbr0")[0]["Taps"] == [tap_a]
+        after = client.call("ListNetworks", "a{sv}", {})[0]
+        assert [(n["Id"], n["Name"]) for n in after] == [(n["Id"], n["Name"]) for n in before]
+        assert "reaped tap " + tap_b in restarted.output()
+        client.call("DeleteTap", "ss", "vm-a", "eth0")  # a TAP from before the crash can be deleted
+        assert ns.link(tap_a) is None
+        assert restarted.stop() == 0
+    finally:
+        restarted.stop()
+
+
+def test_graceful_restart_keeps_everything(daemon, client):
+    path = client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr1", 0, {"vm_name": v("s", "keep")})[0]
+    tap = client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})[0]
+    assert daemon.stop() == 0
+    again = Daemon(daemon.ns, daemon.bus, daemon.state_dir, daemon.config).start()
+    try:
+        net = client.call("GetNetwork", "s", "fcbr1")[0]
+        assert net["Path"] == path and net["Taps"] == [tap] and net["Vms"][0]["VmName"] == "keep"
+        assert "READY=1" in again.notifications[-1] and "1 networks, 1 attachments, 1 TAPs" in again.notifications[-1]
+    finally:
+        again.stop()
+
+
+def test_second_instance_fails_fast_with_a_clear_message(daemon):
+    second = Daemon(daemon.ns, daemon.bus, daemon.state_dir, daemon.config)
+    with pytest.raises(AssertionError, match="exited with 1"):
+        second.start(timeout=10)
+    assert "another fcnetd" in second.output() and "registry.lock" in second.output()
+
+
+@pytest.mark.parametrize("content,reason", [
+    ("{not json", "not valid JSON"),
+    ('{"schema": 99, "networks": []}', "newer than this fcnetd"),
+    ('{"networks": []}', "no schema version"),
+    ('{"schema": 1, "networks": [{"id": "x"}]}', "invalid record"),
+])
+def test_damaged_registry_refuses_start_and_is_left_untouched(ns, bus, tmp_path, config, content, reason):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "registry.json").write_text(content)
+    d = Daemon(ns, bus, str(state), config)
+    with pytest.raises(AssertionError, match="exited with 1"):
+        d.start(timeout=10)
+    assert reason in d.output()
+    assert (state / "registry.json").read_text() == content
+
+
+def test_registry_is_private_and_atomic(daemon, client):
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    path = daemon.state_dir + "/registry.json"
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    data = json.load(open(path))
+    assert data["schema"] == 1 and [n["name"] for n in data["networks"]] == ["fcbr0"]
+    assert not [f for f in os.listdir(daemon.state_dir) if ".tmp" in f]
+
+
+def test_registry_deleted_is_written_again(daemon, client):
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    path = daemon.state_dir + "/registry.json"
+    os.unlink(path)
+    wait_for(lambda: os.path.exists(path), what="registry rewritten")
+    wait_for(lambda: '"fcbr0"' in open(path).read(), what="registry content")
+
+
+def test_invalid_hand_edit_is_kept_aside_and_state_written_back(daemon, client):
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    path = daemon.state_dir + "/registry.json"
+    with open(path, "w") as f:
+        f.write('{"schema": 1, "networks": [{"oops": true}]}')
+    wait_for(lambda: any(n.startswith("registry.json.bad-") for n in os.listdir(daemon.state_dir)),
+             what="bad file kept aside")
+    wait_for(lambda: '"fcbr0"' in open(path).read(), what="state written back")
+    assert client.call("GetNetwork", "s", "fcbr0")[0]["Name"] == "fcbr0"
+
+
+def test_valid_hand_edit_is_loaded(daemon, client):
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    path = daemon.state_dir + "/registry.json"
+    data = json.load(open(path))
+    data["networks"][0]["name"] = "renamed-by-hand"
+    tmp = path + ".edit"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+    os.rename(tmp, path)
+    wait_for(lambda: client.call("ListNetworks", "a{sv}", {})[0][0]["Name"] == "renamed-by-hand",
+             what="hand edit loaded")
+
+
+def test_config_reload_on_sighup_and_on_file_change(daemon, client):
+    err = client.error("CreateNetwork", "ssqa{sv}", "", "br7", 0, {})
+    assert err.type == "org.fcnetd.Network1.Error.BridgeNotAllowed" and "br7" in err.text
+    with open(daemon.config, "a") as f:
+        f.write("\n[bridges.br7]\ncreate = true\n")
+    # the file watcher picks it up without a signal
+    wait_for(lambda: _creates(client, "br7"), what="config change picked up")
+    # a broken config is refused and the old one kept
+    good = open(daemon.config).read()
+    with open(daemon.config, "w") as f:
+        f.write("[bridges.br8\n")
+    time.sleep(0.5)
+    assert "config not reloaded" in daemon.output()
+    with open(daemon.config, "w") as f:
+        f.write(good.replace("[bridges.br7]", "[bridges.br9]"))
+    daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: _creates(client, "br9"), what="SIGHUP reload")
+    assert client.error("CreateNetwork", "ssqa{sv}", "x2", "br7", 5, {}).type.endswith("BridgeNotAllowed")
+
+
+def _creates(client, bridge):
+    try:
+        client.call("CreateNetwork", "ssqa{sv}", "", bridge, 0, {})
+        return True
+    except Exception:
+        return False
