@@ -1,0 +1,134 @@
+"""fcnetd-demo: the whole system in a sandbox network namespace, with a
+private bus, so it needs no setup and leaves the host's interfaces alone."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+from .testbus import PrivateBus
+
+NETNS = "fcnetd-demo"
+
+
+def _run(*cmd: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, check=check, capture_output=True, text=True)
+
+
+def _wait_for_name(address: str, proc: subprocess.Popen, what: str, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"fcnetd-demo: {what} exited with {proc.returncode}")
+        res = _run("busctl", f"--address={address}", "status", "org.fcnetd.Network1", check=False)
+        if res.returncode == 0:
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"fcnetd-demo: {what} did not come up in {timeout}s")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="fcnetd-demo", description=__doc__)
+    p.add_argument("--listen", default="127.0.0.1:8080", help="web UI address (default 127.0.0.1:8080)")
+    p.add_argument("--no-webui", action="store_true", help="run only the bus and the daemon")
+    p.add_argument("--seed", action=argparse.BooleanOptionalAction, default=True,
+                   help="create a few example networks and VMs (default on)")
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("fcnetd-demo: needs root (it creates a network namespace); run: sudo ./demo", file=sys.stderr)
+        return 1
+
+    work = tempfile.mkdtemp(prefix="fcnetd-demo-")
+    os.chmod(work, 0o755)
+    procs: list[subprocess.Popen] = []
+    _run("ip", "netns", "del", NETNS, check=False)
+    _run("ip", "netns", "add", NETNS)
+    _run("ip", "-n", NETNS, "link", "set", "lo", "up")
+    bus = PrivateBus().start()
+    stop = False
+
+    def on_signal(*_):
+        nonlocal stop
+        stop = True
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        config = os.path.join(work, "fcnetd.toml")
+        with open(config, "w") as f:
+            f.write('[daemon]\nmetrics = "127.0.0.1:9617"\n\n'
+                    '[bridges.fcbr0]\ncreate = true\n\n[bridges.fcbr1]\ncreate = true\n')
+        daemon = subprocess.Popen(
+            ["ip", "netns", "exec", NETNS, sys.executable, "-m", "fcnetd.daemon", "--bus", bus.address,
+             "--config", config, "--state-dir", os.path.join(work, "state")],
+            stdin=subprocess.DEVNULL)
+        procs.append(daemon)
+        _wait_for_name(bus.address, daemon, "fcnetd")
+        ctl = [sys.executable, "-m", "fcnetd.cli", "--bus", bus.address]
+        if args.seed:
+            for cmd in (["create", "fcbr0", "--description", "Shared services (DNS, NTP)"],
+                        ["attach", "vm-web-1", "fcbr0", "--vm-name", "web-server-dev"],
+                        ["attach", "vm-db-1", "fcbr1", "--vm-name", "db-primary"],
+                        ["tap-create", "vm-web-1"]):
+                subprocess.run(ctl + cmd, check=True, stdout=subprocess.DEVNULL)
+        url = None
+        if not args.no_webui:
+            url = _start_webui(args, bus, work, procs)
+        print()
+        print("fcnetd demo is running.")
+        print(f"  D-Bus:    {bus.address}")
+        print(f"  netns:    {NETNS}   (ip -n {NETNS} link)")
+        print(f"  CLI:      {' '.join(ctl[0:1])} -m fcnetd.cli --bus {bus.address} list")
+        print(f"  busctl:   busctl --address={bus.address} tree org.fcnetd.Network1")
+        print(f"  metrics:  ip netns exec {NETNS} curl -s http://127.0.0.1:9617/metrics")
+        if url:
+            print(f"  web UI:   {url}")
+        print("Ctrl-C stops it and removes the namespace.")
+        sys.stdout.flush()
+        while not stop and all(p.poll() is None for p in procs):
+            time.sleep(0.2)
+        return 0 if stop else 1
+    finally:
+        for proc in reversed(procs):
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+        bus.stop()
+        _run("ip", "netns", "del", NETNS, check=False)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _start_webui(args, bus, work, procs) -> str | None:
+    """Starts the web UI as an unprivileged user in group fcnet."""
+    import importlib.util
+    if importlib.util.find_spec("webui") is None:
+        print("  (the web UI is not part of this build yet)")
+        return None
+    users = os.path.join(work, "webui-users.json")
+    password = secrets.token_urlsafe(9)
+    webui = [os.path.join(os.path.dirname(sys.executable), "fcnetd-webui")]
+    subprocess.run(webui + ["--users", users, "user", "add", "admin", "--role", "admin",
+                            "--password-stdin"], input=password + "\n", text=True, check=True,
+                   stdout=subprocess.DEVNULL)
+    os.chown(users, 65534, -1)
+    import grp
+    gid = grp.getgrnam("fcnet").gr_gid
+    proc = subprocess.Popen(["setpriv", "--reuid=65534", f"--regid={gid}", "--clear-groups", *webui,
+                             "--bus", bus.address, "--listen", args.listen, "--users", users],
+                            stdin=subprocess.DEVNULL)
+    procs.append(proc)
+    print(f"  sign in:  admin / {password}")
+    return f"http://{args.listen}/"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

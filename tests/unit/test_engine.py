@@ -1,0 +1,133 @@
+"""The engine against a fake kernel: the rules that need no netlink."""
+
+import asyncio
+
+import pytest
+
+from fcnetd import errors as E
+from fcnetd.config import parse
+from fcnetd.engine import Engine
+from fcnetd.netlink import BridgeState, TapState
+from fcnetd.registry import Registry
+
+
+class FakeNetlink:
+    def __init__(self, vlan=True):
+        self.vlan = vlan
+        self.devices = {}
+        self.deleted = []
+
+    async def ensure_bridge(self, name, create, mtu, vlan_filtering):
+        if vlan_filtering and not self.vlan:
+            raise E.VlanUnsupported("no vlan filtering")
+        return BridgeState(name, 1, True, self.vlan, 1)
+
+    async def bridge(self, name):
+        return BridgeState(name, 1, True, self.vlan, 1)
+
+    async def create_tap(self, name, vm_id, nic, bridge, vlan, uid, gid, mtu):
+        if name in self.devices:
+            raise E.TapExists(name)
+        self.devices[name] = TapState(name, len(self.devices) + 10, vm_id, nic, bridge.index, True, False)
+        return self.devices[name]
+
+    async def delete_link(self, name):
+        self.deleted.append(name)
+        self.devices.pop(name, None)
+
+    async def taps(self):
+        return {(t.vm_id, t.nic): t for t in self.devices.values()}
+
+    async def link_index(self, name):
+        return None
+
+
+def make(tmp_path, vlan=True):
+    cfg = parse({"daemon": {"host": "node1"}, "bridges": {"fcbr0": {"create": True}, "fcbr1": {}}})
+    return Engine(cfg, Registry(str(tmp_path)), FakeNetlink(vlan))
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+def test_auto_creation_reuses_and_names(tmp_path):
+    e = make(tmp_path)
+
+    async def go():
+        net = await e.attach_vm("vm-1", "fcbr0", 10)
+        again, created = await e.ensure_network("fcbr0", 10)
+        return net, again, created
+    net, again, created = run(go())
+    assert net.name == "fcbr0-vlan-10" and net.origin == "auto" and again == net and created is False
+
+
+def test_concurrent_ensure_creates_one_network(tmp_path):
+    e = make(tmp_path)
+
+    async def go():
+        return await asyncio.gather(*(e.ensure_network("fcbr0", 20) for _ in range(20)))
+    results = run(go())
+    assert len({n.id for n, _ in results}) == 1
+    assert sum(created for _, created in results) == 1
+
+
+def test_failed_persist_rolls_back(tmp_path, monkeypatch):
+    e = make(tmp_path)
+
+    async def broken():
+        raise E.Internal("disk full")
+    monkeypatch.setattr(e.registry, "commit", broken)
+    with pytest.raises(E.Internal):
+        run(e.create_network("", "fcbr0", 5))
+    assert e.registry.networks == {} and e.registry.by_name == {}
+
+
+def test_in_use_message_counts_vms(tmp_path):
+    e = make(tmp_path)
+
+    async def go():
+        for i in range(3):
+            await e.attach_vm(f"vm-{i}", "fcbr0", 0)
+        await e.delete_network("fcbr0")
+    with pytest.raises(E.NetworkInUse, match=r"^Network has 3 attached VMs\. Remove VMs first\.$"):
+        run(go())
+
+
+def test_tap_name_collisions_are_retried(tmp_path, monkeypatch):
+    e = make(tmp_path)
+    e.netlink.devices["vmtap000001"] = TapState("vmtap000001", 5, "x", "eth0", 0, True, False)
+    seq = iter([1, 1, 2])
+    monkeypatch.setattr("fcnetd.engine.random.randrange", lambda n: next(seq))
+
+    async def go():
+        await e.attach_vm("vm-1", "fcbr0", 0)
+        return await e.create_tap("vm-1", "eth0")
+    assert run(go()) == "vmtap000002"
+
+
+def test_reconcile_adopts_and_reaps(tmp_path):
+    e = make(tmp_path)
+
+    async def go():
+        await e.attach_vm("vm-1", "fcbr0", 0)
+        e.netlink.devices["vmtap1"] = TapState("vmtap1", 3, "vm-1", "eth0", 1, True, False)
+        e.netlink.devices["vmtap2"] = TapState("vmtap2", 4, "vm-gone", "eth0", 1, True, False)
+        return await e.reconcile()
+    result = run(go())
+    assert result["adopted"] == 1 and result["reaped"] == 1
+    assert e.netlink.deleted == ["vmtap2"] and list(e.taps) == [("vm-1", "eth0")]
+
+
+def test_search_matches_name_bridge_vlan_and_description(tmp_path):
+    e = make(tmp_path)
+
+    async def go():
+        await e.create_network("", "fcbr0", 10)
+        await e.create_network("prod", "fcbr1", 30, description="Production tier")
+    run(go())
+    names = lambda **kw: [n.name for n in e.list_networks(**kw)]  # noqa: E731
+    assert names() == ["prod", "fcbr0-vlan-10"]
+    assert names(search="production") == ["prod"]
+    assert names(search="10") == ["fcbr0-vlan-10"]
+    assert names(kind="bridge") == []

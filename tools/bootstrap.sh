@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what fcnetd's demo and every test tier need, on a fresh Debian 12
+# machine, as root: Debian packages, then a virtualenv in .venv with the
+# project installed editable. Idempotent and quick once done.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(
+  iproute2 dbus dbus-bin systemd util-linux       # ip, dbus-daemon, busctl, setpriv
+  python3-venv
+  qemu-system-x86 linux-image-amd64               # kernel tier (virtme-ng boots this kernel)
+  prometheus prometheus-node-exporter             # promtool, a real Prometheus, the netdev baseline
+  chromium                                        # browser tier
+)
+
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "bootstrap: installing ${missing[*]}" >&2
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+# Debian's prometheus package starts its services where systemd runs; the
+# tests start their own on loopback ports, so nothing here depends on them.
+
+getent group fcnet >/dev/null || groupadd --system fcnet
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+stamp=.venv/.fcnetd-installed
+if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e '.[test]'
+  touch "$stamp"
+fi
