@@ -179,11 +179,13 @@ class Daemon:
             self.exit_code = 1
             self.stopping.set()
 
-    def _link_event(self, event: str, ifname: str) -> None:
+    def _link_event(self, event: str, ifname: str, up: bool, carrier: bool) -> None:
         if ifname in self.config.bridges:
             self._spawn(self.engine.refresh_bridge(ifname))
         elif event == "RTM_DELLINK" and ifname:
             self.engine.tap_vanished(ifname)
+        elif ifname:
+            self.engine.tap_changed(ifname, up, carrier)
 
     async def run(self) -> None:
         await self.start()

@@ -10,7 +10,7 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from . import errors as E
 from .config import Config
@@ -27,8 +27,14 @@ TAP_NAME_TRIES = 8
 class Stats:
     """Counters the metrics collector reads; plain ints, cheap to bump."""
     reconcile: dict = field(default_factory=lambda: defaultdict(int))  # result -> count
-    registry_writes: dict = field(default_factory=lambda: defaultdict(int))
-    registry_write_seconds: list = field(default_factory=list)
+    registry_writes: dict = field(default_factory=lambda: defaultdict(int))  # ok/error -> count
+    registry_write_count: int = 0
+    registry_write_sum: float = 0.0
+
+    def observe_write(self, seconds: float, ok: bool) -> None:
+        self.registry_writes["ok" if ok else "error"] += 1
+        self.registry_write_count += 1
+        self.registry_write_sum += seconds
 
 
 class Engine:
@@ -37,10 +43,12 @@ class Engine:
         self.registry = registry
         self.netlink = netlink
         self.taps: dict[tuple[str, str], TapState] = {}
+        self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
         self.bridges: dict[str, BridgeState | None] = {}
         self._tap_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._uplink_lock = asyncio.Lock()
         self.stats = Stats()
+        registry.observer = self.stats.observe_write
         # Observers are told after a change is on disk (or in the kernel).
         self.on_network_added = lambda net: None
         self.on_network_removed = lambda net: None
@@ -282,7 +290,7 @@ class Engine:
                 except E.TapExists:
                     if name or attempt == TAP_NAME_TRIES - 1:
                         raise
-            self.taps[att.key] = tap
+            self._set_tap(att.key, tap)
         log.info("tap %s created for VM %s NIC %s on %s", tap.name, vm_id, nic, net.name)
         self.on_network_changed(net)
         return tap.name
@@ -296,7 +304,7 @@ class Engine:
             if tap is None:
                 return
             await self.netlink.delete_link(tap.name)
-            self.taps.pop(key, None)
+            self._drop_tap(key)
         self._tap_locks.pop(key, None)
         att = self.registry.attachments.get(key)
         if att is not None and att.network_id in self.registry.networks:
@@ -332,7 +340,9 @@ class Engine:
                         result["drift"] += 1
             adopted[key] = tap
             result["adopted"] += 1
-        self.taps = adopted
+        self.taps, self.tap_keys = {}, {}
+        for key, tap in adopted.items():
+            self._set_tap(key, tap)
         try:
             await self.sync_uplinks()
         except E.FcnetError as e:
@@ -374,13 +384,30 @@ class Engine:
         return {**net.to_dict(), "type": net.kind, "status": self.status(net),
                 "vm_count": len(vms), "vms": vms, "taps": [v["tap"] for v in vms if v["tap"]]}
 
+    def _set_tap(self, key: tuple[str, str], tap: TapState) -> None:
+        self.taps[key] = tap
+        self.tap_keys[tap.name] = key
+
+    def _drop_tap(self, key: tuple[str, str]) -> TapState | None:
+        tap = self.taps.pop(key, None)
+        if tap is not None:
+            self.tap_keys.pop(tap.name, None)
+        return tap
+
+    def tap_changed(self, name: str, up: bool, carrier: bool) -> None:
+        """A link event for one of our TAPs: keep its up/carrier state current."""
+        key = self.tap_keys.get(name)
+        tap = self.taps.get(key) if key else None
+        if tap is not None and (tap.up, tap.carrier) != (up, carrier):
+            self.taps[key] = replace(tap, up=up, carrier=carrier)
+
     def tap_vanished(self, name: str) -> None:
         """Someone else deleted one of our TAPs: forget it (the VM is stopped)."""
-        for key, tap in list(self.taps.items()):
-            if tap.name == name:
-                del self.taps[key]
-                self.stats.reconcile["drift"] += 1
-                log.warning("tap %s of VM %s NIC %s vanished from the kernel", name, *key)
-                att = self.registry.attachments.get(key)
-                if att is not None and att.network_id in self.registry.networks:
-                    self.on_network_changed(self.registry.networks[att.network_id])
+        key = self.tap_keys.get(name)
+        if key is None or self._drop_tap(key) is None:
+            return
+        self.stats.reconcile["drift"] += 1
+        log.warning("tap %s of VM %s NIC %s vanished from the kernel", name, *key)
+        att = self.registry.attachments.get(key)
+        if att is not None and att.network_id in self.registry.networks:
+            self.on_network_changed(self.registry.networks[att.network_id])

@@ -248,12 +248,13 @@ class Netlink:
 
     # -- link events -------------------------------------------------------
     async def watch_links(self, callback) -> None:
-        """Calls callback(event, ifname) for every link change until cancelled."""
+        """Calls callback(event, ifname, up, carrier) for every link change until cancelled."""
         mon = AsyncIPRoute()
         try:
             await mon.bind(groups=RTMGRP_LINK)
             while True:
                 async for msg in mon.get():
-                    callback(msg.get("event"), msg.get("ifname"))
+                    callback(msg.get("event"), msg.get("ifname"), bool(msg.get("flags", 0) & IFF_UP),
+                             msg.get("operstate") == "UP")
         finally:
             mon.close()

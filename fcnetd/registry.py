@@ -144,7 +144,7 @@ class Registry:
         self._write_lock = asyncio.Lock()
         self.last_write: os.stat_result | None = None
         # observer(seconds, ok) is told of every write, for metrics.
-        self._observer = observer or (lambda seconds, ok: None)
+        self.observer = observer or (lambda seconds, ok: None)
 
     # -- loading -------------------------------------------------------
     def load(self) -> None:
@@ -223,9 +223,9 @@ class Registry:
             try:
                 self.last_write = await asyncio.to_thread(write_atomic, self.path, payload)
             except OSError as e:
-                self._observer(time.perf_counter() - started, False)
+                self.observer(time.perf_counter() - started, False)
                 raise RegistryWriteFailed(f"cannot write {self.path}: {e.strerror}") from e
-            self._observer(time.perf_counter() - started, True)
+            self.observer(time.perf_counter() - started, True)
             self._written = generation
 
     def is_own_file(self) -> bool:

@@ -1,0 +1,266 @@
+"""Prometheus metrics (prometheus-client imported here only).
+
+The daemon refreshes an immutable Snapshot about once a second: the event
+loop copies its state (cheap), a worker thread adds the TAP counters from
+/proc/net/dev. The HTTP thread renders a scrape from the latest snapshot and
+caches the text until the next one, so a scrape does no netlink and no file
+I/O and never waits for the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
+                                    InfoMetricFamily, SummaryMetricFamily)
+from prometheus_client.registry import Collector
+
+from . import __version__, procstats
+from .service import LATENCY_BUCKETS
+
+REFRESH_SECONDS = 1.0
+log = logging.getLogger("fcnetd.metrics")
+
+
+@dataclass(frozen=True)
+class TapRow:
+    tap: str
+    vm: str
+    nic: str
+    network: str
+    up: bool
+    carrier: bool
+    counters: procstats.Counters | None
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    taken: float
+    host: str
+    networks: tuple  # (name, id, bridge, vlan, origin, host, kind, vms, taps)
+    taps: tuple[TapRow, ...]
+    bridges: tuple  # (name, present, up, vlan_filtering)
+    requests: dict
+    latency_buckets: dict
+    latency_count: int
+    latency_sum: float
+    registry_writes: dict
+    registry_write_seconds: tuple  # (count, sum)
+    reconcile: dict
+    access_denied: int
+    extra: dict = field(default_factory=dict)
+
+
+def capture(daemon) -> dict:
+    """Runs in the event loop: copies what the snapshot needs, nothing more."""
+    engine = daemon.engine
+    reg = engine.registry
+    networks = []
+    tap_count: dict[str, int] = {}
+    for key, tap in engine.taps.items():
+        att = reg.attachments.get(key)
+        if att is not None:
+            tap_count[att.network_id] = tap_count.get(att.network_id, 0) + 1
+    for net in reg.networks.values():
+        networks.append((net.name, net.id, net.bridge, net.vlan, net.origin, net.host, net.kind,
+                         len(reg.by_network.get(net.id, ())), tap_count.get(net.id, 0)))
+    taps = []
+    for key, tap in engine.taps.items():
+        att = reg.attachments.get(key)
+        net = reg.networks.get(att.network_id) if att else None
+        taps.append((tap.name, key[0], key[1], net.name if net else "", tap.up, tap.carrier))
+    bridges = [(name, st is not None, bool(st and st.up), bool(st and st.vlan_filtering))
+               for name, st in ((n, engine.bridges.get(n)) for n in engine.config.bridges)]
+    stats = daemon.manager.stats
+    return {
+        "host": engine.host, "networks": tuple(networks), "taps": taps, "bridges": tuple(bridges),
+        "requests": dict(stats.count), "latency_buckets": dict(stats.buckets),
+        "latency_count": stats.total, "latency_sum": stats.seconds,
+        "registry_writes": dict(engine.stats.registry_writes),
+        "registry_write_seconds": (engine.stats.registry_write_count, engine.stats.registry_write_sum),
+        "reconcile": dict(engine.stats.reconcile),
+        "access_denied": daemon.gate.denied if daemon.gate else 0,
+    }
+
+
+def build(state: dict, read_counters=procstats.read) -> Snapshot:
+    """Runs in a worker thread: adds kernel counters to a captured state."""
+    names = {t[0] for t in state["taps"]}
+    counters = read_counters(names) if names else {}
+    taps = tuple(TapRow(t[0], t[1], t[2], t[3], t[4], t[5], counters.get(t[0])) for t in state["taps"])
+    return Snapshot(taken=time.time(), taps=taps, **{k: v for k, v in state.items() if k != "taps"})
+
+
+COUNTER_FIELDS = (
+    ("receive_bytes", "rx_bytes", "Bytes the VM sent (received by the host on the TAP)."),
+    ("receive_packets", "rx_packets", "Packets the VM sent."),
+    ("receive_errors", "rx_errors", "Receive errors on the TAP."),
+    ("receive_drops", "rx_drops", "Packets the VM sent that the host dropped."),
+    ("transmit_bytes", "tx_bytes", "Bytes sent to the VM."),
+    ("transmit_packets", "tx_packets", "Packets sent to the VM."),
+    ("transmit_errors", "tx_errors", "Transmit errors on the TAP."),
+    ("transmit_drops", "tx_drops", "Packets for the VM that were dropped (VM not reading)."),
+)
+TAP_LABELS = ["tap", "vm", "nic", "network"]
+
+
+class SnapshotCollector(Collector):
+    def __init__(self):
+        self.snapshot: Snapshot | None = None
+
+    def collect(self):
+        s = self.snapshot
+        if s is None:
+            return
+        yield InfoMetricFamily("fcnetd_build", "fcnetd build.", value={"version": __version__})
+        by_type = GaugeMetricFamily("fcnetd_networks", "Networks in the registry by type.", labels=["type"])
+        for kind in ("bridge", "vlan"):
+            by_type.add_metric([kind], sum(1 for n in s.networks if n[6] == kind))
+        yield by_type
+        info = InfoMetricFamily("fcnetd_network", "One series per network.",
+                                labels=["network", "id", "bridge", "vlan", "origin", "host"])
+        vms = GaugeMetricFamily("fcnetd_network_vms", "VM NICs attached to the network.", labels=["network"])
+        taps = GaugeMetricFamily("fcnetd_network_taps", "TAPs (running VM NICs) on the network.",
+                                 labels=["network"])
+        for name, nid, bridge, vlan, origin, host, _kind, nvms, ntaps in s.networks:
+            info.add_metric([name, nid, bridge, str(vlan), origin, host], {})
+            vms.add_metric([name], nvms)
+            taps.add_metric([name], ntaps)
+        yield info
+        yield vms
+        yield taps
+        fams = {f: CounterMetricFamily(f"fcnetd_tap_{f}", doc, labels=TAP_LABELS)
+                for f, _, doc in COUNTER_FIELDS}
+        up = GaugeMetricFamily("fcnetd_tap_up", "1 if the TAP is administratively up.", labels=TAP_LABELS)
+        carrier = GaugeMetricFamily("fcnetd_tap_carrier", "1 if a VMM has the TAP open.", labels=TAP_LABELS)
+        for row in s.taps:
+            labels = [row.tap, row.vm, row.nic, row.network]
+            up.add_metric(labels, 1 if row.up else 0)
+            carrier.add_metric(labels, 1 if row.carrier else 0)
+            if row.counters is not None:
+                for f, attr, _ in COUNTER_FIELDS:
+                    fams[f].add_metric(labels, getattr(row.counters, attr))
+        yield from fams.values()
+        yield up
+        yield carrier
+        present = GaugeMetricFamily("fcnetd_bridge_present", "1 if the allowed bridge exists.", labels=["bridge"])
+        bup = GaugeMetricFamily("fcnetd_bridge_up", "1 if the bridge is up.", labels=["bridge"])
+        vf = GaugeMetricFamily("fcnetd_bridge_vlan_filtering", "1 if VLAN filtering is on.", labels=["bridge"])
+        for name, is_present, is_up, filtering in s.bridges:
+            present.add_metric([name], int(is_present))
+            bup.add_metric([name], int(is_up))
+            vf.add_metric([name], int(filtering))
+        yield present
+        yield bup
+        yield vf
+        req = CounterMetricFamily("fcnetd_dbus_requests", "D-Bus method calls by method and result.",
+                                  labels=["method", "result"])
+        for (m, r), n in sorted(s.requests.items()):
+            req.add_metric([m, r], n)
+        yield req
+        hist = HistogramMetricFamily("fcnetd_dbus_request_duration_seconds", "D-Bus method call latency.")
+        cumulative, buckets = 0, []
+        for b in LATENCY_BUCKETS:
+            cumulative += s.latency_buckets.get(b, 0)
+            buckets.append((repr(b), cumulative))
+        buckets.append(("+Inf", s.latency_count))
+        hist.add_metric([], buckets, s.latency_sum)
+        yield hist
+        writes = CounterMetricFamily("fcnetd_registry_writes", "Registry writes by result.", labels=["result"])
+        for result in ("ok", "error"):
+            writes.add_metric([result], s.registry_writes.get(result, 0))
+        yield writes
+        count, total = s.registry_write_seconds
+        yield SummaryMetricFamily("fcnetd_registry_write_duration_seconds",
+                                  "Time spent writing the registry (temp file, fsync, rename).",
+                                  count_value=count, sum_value=total)
+        rec = CounterMetricFamily("fcnetd_reconcile", "Reconcile results: TAPs adopted and reaped, drift repaired.",
+                                  labels=["result"])
+        for result in ("adopted", "reaped", "drift"):
+            rec.add_metric([result], s.reconcile.get(result, 0))
+        yield rec
+        denied = CounterMetricFamily("fcnetd_access_denied", "Callers refused by the daemon's own check.")
+        denied.add_metric([], s.access_denied)
+        yield denied
+        age = GaugeMetricFamily("fcnetd_snapshot_timestamp_seconds", "When these figures were taken.")
+        age.add_metric([], s.taken)
+        yield age
+
+
+class Exposition:
+    """The rendered text of the newest snapshot, made at most once per snapshot."""
+
+    def __init__(self):
+        self.collector = SnapshotCollector()
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(self.collector)
+        self._lock = threading.Lock()
+        self._rendered_for: Snapshot | None = None
+        self._text = b""
+
+    def publish(self, snapshot: Snapshot) -> None:
+        self.collector.snapshot = snapshot  # one reference swap: readers see old or new, whole
+
+    def render(self) -> bytes:
+        with self._lock:
+            snap = self.collector.snapshot
+            if snap is not self._rendered_for:
+                self._text = generate_latest(self.registry)
+                self._rendered_for = snap
+            return self._text
+
+
+class MetricsServer:
+    def __init__(self, daemon, host: str, port: int):
+        self.daemon = daemon
+        self.exposition = Exposition()
+        exposition = self.exposition
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                if self.path.split("?")[0] not in ("/metrics", "/"):
+                    self.send_error(404, "try /metrics")
+                    return
+                body = exposition.render()
+                self.send_response(200)
+                self.send_header("Content-Type", CONTENT_TYPE_LATEST)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
+        self.httpd.daemon_threads = True
+        self.address = self.httpd.server_address
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="fcnetd-metrics", daemon=True)
+        self._task = None
+
+    def start(self) -> None:
+        self._thread.start()
+        self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def refresh(self) -> None:
+        state = capture(self.daemon)
+        self.exposition.publish(await asyncio.to_thread(build, state))
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # metrics must never take the daemon down
+                log.exception("metrics refresh failed")
+            await asyncio.sleep(REFRESH_SECONDS)
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+        self.httpd.shutdown()
+        self.httpd.server_close()
