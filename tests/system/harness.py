@@ -48,6 +48,19 @@ class Netns:
     def taps(self) -> list[dict]:
         return [l for l in self.links() if l.get("linkinfo", {}).get("info_kind") == "tun"]
 
+    def python(self, code: str, *args: str, timeout: float = 60) -> str:
+        """Runs Python inside the namespace (e.g. to open a TAP as a VMM would)."""
+        res = subprocess.run(["ip", "netns", "exec", self.name, sys.executable, "-c", code, *args],
+                             capture_output=True, text=True, timeout=timeout,
+                             env={**os.environ, "PYTHONPATH": REPO})
+        if res.returncode != 0:
+            raise AssertionError(f"python in {self.name} failed: {res.stderr}")
+        return res.stdout
+
+    def http_get(self, url: str) -> str:
+        return self.python("import sys, urllib.request; "
+                           "sys.stdout.write(urllib.request.urlopen(sys.argv[1], timeout=10).read().decode())", url)
+
     def sysfs(self, ifname: str, attr: str) -> str:
         return run(["ip", "netns", "exec", self.name, "cat", f"/sys/class/net/{ifname}/{attr}"]).stdout.strip()
 

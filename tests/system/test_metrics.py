@@ -1,0 +1,110 @@
+"""Metrics as operators consume them: promtool on a real scrape, a real
+Prometheus server scraping the daemon, counters that follow real frames."""
+
+import json
+import subprocess
+import time
+
+import pytest
+
+from .harness import Daemon, v
+
+PORT = 9617
+FRAME_WRITER = """
+import os, sys, time
+from fcnetd.tundev import open_tap
+fd = open_tap(sys.argv[1])
+frame = bytes.fromhex("ffffffffffff" "02fc00000001" "0800") + bytes(100)
+for _ in range(int(sys.argv[2])):
+    os.write(fd, frame)
+os.close(fd)
+"""
+
+
+@pytest.fixture
+def mdaemon(ns, bus, tmp_path, config):
+    # the last --metrics wins over the harness's default "off"
+    d = Daemon(ns, bus, str(tmp_path / "state"), config, extra=["--metrics", f"127.0.0.1:{PORT}"]).start()
+    yield d
+    d.stop()
+
+
+def scrape(d) -> str:
+    return d.ns.http_get(f"http://127.0.0.1:{PORT}/metrics")
+
+
+def wait_scrape(d, predicate, timeout=10):
+    deadline = time.monotonic() + timeout
+    text = ""
+    while time.monotonic() < deadline:
+        text = scrape(d)
+        if predicate(text):
+            return text
+        time.sleep(0.2)
+    raise AssertionError(f"scrape never matched; last scrape:\n{text}")
+
+
+def series(text: str, name: str) -> dict[str, float]:
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            key, _, value = line.rpartition(" ")
+            out[key] = float(value)
+    return out
+
+
+def test_scrape_shows_networks_taps_and_passes_promtool(mdaemon, client):
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
+    tap = client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})[0]
+    text = wait_scrape(mdaemon, lambda t: f'tap="{tap}"' in t)
+    assert 'fcnetd_networks{type="bridge"} 1.0' in text
+    assert 'fcnetd_network_info{bridge="fcbr0",host="node1"' in text
+    assert f'fcnetd_tap_up{{network="fcbr0",nic="eth0",tap="{tap}",vm="vm-1"}} 1.0' in text
+    assert 'fcnetd_dbus_requests_total{method="CreateTap",result="ok"} 1.0' in text
+    assert 'fcnetd_bridge_present{bridge="fcbr0"} 1.0' in text
+    assert 'fcnetd_registry_writes_total{result="ok"}' in text
+    assert "fcnetd_build_info{version=" in text
+    res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
+
+
+def test_frames_written_through_the_tap_fd_show_in_its_counters(mdaemon, client):
+    client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
+    tap = client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})[0]
+    labels = f'{{network="fcbr0",nic="eth0",tap="{tap}",vm="vm-1"}}'
+    before = series(wait_scrape(mdaemon, lambda t: "fcnetd_tap_receive_packets_total" + labels in t),
+                    "fcnetd_tap_receive_packets_total")["fcnetd_tap_receive_packets_total" + labels]
+    mdaemon.ns.python(FRAME_WRITER, tap, "25")
+    text = wait_scrape(mdaemon, lambda t: series(t, "fcnetd_tap_receive_packets_total").get(
+        "fcnetd_tap_receive_packets_total" + labels, 0) >= before + 25)
+    got = series(text, "fcnetd_tap_receive_bytes_total")["fcnetd_tap_receive_bytes_total" + labels]
+    assert got >= 25 * 114
+
+
+def test_real_prometheus_scrapes_the_daemon(mdaemon, client, tmp_path):
+    client.call("AttachVm", "ssqa{sv}", "vm-p", "fcbr1", 0, {"vm_name": v("s", "prom")})
+    tap = client.call("CreateTap", "ssa{sv}", "vm-p", "eth0", {})[0]
+    cfg = tmp_path / "prometheus.yml"
+    cfg.write_text(f"global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: fcnetd\n"
+                   f"    static_configs:\n      - targets: ['127.0.0.1:{PORT}']\n")
+    log = open(tmp_path / "prometheus.log", "w")
+    prom = subprocess.Popen(["ip", "netns", "exec", mdaemon.ns.name, "prometheus", f"--config.file={cfg}",
+                             f"--storage.tsdb.path={tmp_path / 'tsdb'}", "--web.listen-address=127.0.0.1:9090"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        query = "http://127.0.0.1:9090/api/v1/query?query=fcnetd_tap_receive_bytes_total"
+        deadline = time.monotonic() + 60
+        result = []
+        while time.monotonic() < deadline and not result:
+            time.sleep(1)
+            try:
+                result = json.loads(mdaemon.ns.http_get(query))["data"]["result"]
+            except AssertionError:
+                continue
+        assert result, "Prometheus never returned the TAP series; see " + str(tmp_path / "prometheus.log")
+        assert result[0]["metric"]["tap"] == tap and result[0]["metric"]["vm"] == "vm-p"
+        assert result[0]["metric"]["job"] == "fcnetd"
+    finally:
+        prom.terminate()
+        prom.wait(20)
