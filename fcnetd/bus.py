@@ -5,12 +5,49 @@ from __future__ import annotations
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
+from dbus_fast.aio import message_bus as _aio
 from dbus_fast.constants import ErrorType, NameFlag, PropertyAccess, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 
 __all__ = ["DBusError", "Message", "MessageType", "Variant", "ServiceInterface", "dbus_property",
            "method", "signal", "PropertyAccess", "connect", "call", "request_name", "ErrorType",
            "unwrap"]
+
+
+class _RetryingSocket:
+    """dbus-fast treats EAGAIN from send() as a lost connection (upstream
+    python-dbus-next issue #153), so a burst that fills the socket buffer
+    made the daemon drop off the bus. Reporting 0 bytes sent instead makes
+    its writer keep the rest and wait for the socket to become writable."""
+
+    def __init__(self, sock):
+        self._sock = sock
+
+    def send(self, data) -> int:
+        try:
+            return self._sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def sendmsg(self, buffers, ancdata) -> int:
+        try:
+            return self._sock.sendmsg(buffers, ancdata)
+        except (BlockingIOError, InterruptedError):
+            return 0
+
+    def __getattr__(self, name):
+        return getattr(self._sock, name)
+
+
+_original_writer_init = _aio._MessageWriter.__init__
+
+
+def _writer_init(self, bus) -> None:
+    _original_writer_init(self, bus)
+    self.sock = _RetryingSocket(self.sock)
+
+
+_aio._MessageWriter.__init__ = _writer_init
 
 
 async def connect(bus: str = "system") -> MessageBus:

@@ -164,8 +164,10 @@ class NetworkObject(ServiceInterface):
         return self.engine.status(self.net)
 
     def emit_usage(self) -> None:
-        self.emit_properties_changed({
-            "VmCount": self.VmCount, "Vms": self.Vms, "Taps": self.Taps, "Status": self.Status})
+        # Vms can hold a thousand entries: invalidate it rather than resend it
+        # on every VM start; clients that show it fetch it again.
+        self.emit_properties_changed(
+            {"VmCount": self.VmCount, "Taps": self.Taps, "Status": self.Status}, ["Vms"])
 
 
 class Manager(ServiceInterface):

@@ -1,0 +1,139 @@
+"""Shared by the benchmarks: a sandbox (netns + private bus + real fcnetd),
+an async D-Bus client, and the result table."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from fcnetd.bus import Variant, call, connect  # noqa: E402
+from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH  # noqa: E402
+from fcnetd.testbus import PrivateBus  # noqa: E402
+from tests.system.harness import Daemon, Netns  # noqa: E402
+
+
+def p(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))]
+
+
+def p50(values):
+    return statistics.median(values)
+
+
+@dataclass
+class Figure:
+    name: str
+    value: float
+    unit: str
+    baseline_name: str
+    baseline: float
+    target: str
+    ok: bool | None
+
+    @property
+    def ratio(self) -> float:
+        return self.value / self.baseline if self.baseline else float("nan")
+
+
+class Sandbox:
+    """netns + private bus + fcnetd with bridges fcbr0..fcbr9 allowed."""
+
+    def __init__(self, workdir: str, bridges: int = 10, metrics: bool = True):
+        self.workdir = workdir
+        os.makedirs(workdir, exist_ok=True)
+        self.ns = Netns()
+        self.bus = PrivateBus().start()
+        self.config = os.path.join(workdir, "fcnetd.toml")
+        with open(self.config, "w") as f:
+            f.write('[daemon]\nhost = "bench"\n')
+            for i in range(bridges):
+                f.write(f"[bridges.fcbr{i}]\ncreate = true\n")
+        self.state = os.path.join(workdir, "state")
+        extra = ["--metrics", "127.0.0.1:9617"] if metrics else []
+        self.daemon = Daemon(self.ns, self.bus, self.state, self.config, extra=extra)
+
+    def start(self) -> "Sandbox":
+        self.daemon.start(timeout=120)
+        return self
+
+    def rss_kib(self) -> int:
+        with open(f"/proc/{self.daemon.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
+    def close(self) -> None:
+        self.daemon.stop()
+        self.bus.stop()
+        self.ns.delete()
+
+
+class Client:
+    def __init__(self, address: str):
+        self.address = address
+        self.conn = None
+
+    async def open(self):
+        self.conn = await connect(self.address)
+        return self
+
+    async def m(self, member: str, sig: str = "", *body):
+        return await call(self.conn, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, sig, list(body))
+
+    async def timed(self, member: str, sig: str, *body) -> float:
+        t = time.perf_counter()
+        await self.m(member, sig, *body)
+        return time.perf_counter() - t
+
+    def close(self):
+        self.conn.disconnect()
+
+
+async def bounded_gather(coros, limit: int = 256):
+    sem = asyncio.Semaphore(limit)
+
+    async def one(c):
+        async with sem:
+            return await c
+    return await asyncio.gather(*(one(c) for c in coros))
+
+
+def run_in_ns(ns: Netns, script: str, *args: str, timeout: float = 1200) -> dict:
+    """Runs a bench helper inside the namespace; it prints one JSON object."""
+    res = subprocess.run(["ip", "netns", "exec", ns.name, sys.executable, script, *args],
+                         capture_output=True, text=True, timeout=timeout,
+                         env={**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(os.path.abspath(__file__)))})
+    if res.returncode != 0:
+        raise RuntimeError(f"{script} failed: {res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def v(sig, value):
+    return Variant(sig, value)
+
+
+def table(figures: list[Figure]) -> str:
+    rows = [["figure", "value", "baseline", "ratio", "target", "ok"]]
+    for f in figures:
+        rows.append([f.name, f"{f.value:.4g} {f.unit}", f"{f.baseline_name} {f.baseline:.4g} {f.unit}",
+                     f"{f.ratio:.2f}x", f.target, {True: "yes", False: "NO", None: "-"}[f.ok]])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+
+
+def save(figures: list[Figure], path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump([{**asdict(x), "ratio": x.ratio} for x in figures], f, indent=2)

@@ -1,0 +1,216 @@
+"""Every benchmark of fcnetd in one run; prints one table (figure, baseline,
+ratio, target) and writes the same as JSON. Run as root: sudo ./bench/run
+
+Ratios against baselines measured in the same run are what count: these
+machines are shared and noisy, absolute figures are for orientation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import (Client, Figure, Sandbox, bounded_gather, p, p50, run_in_ns, save, table, v)
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+from fcnetd.model import Attachment, Network  # noqa: E402
+from fcnetd.registry import Registry, serialize  # noqa: E402
+
+MS = 1000.0
+
+
+async def provision(sb: Sandbox, c: Client, n: int, bridge: str, prefix: str) -> dict:
+    await bounded_gather([c.m("AttachVm", "ssqa{sv}", f"{prefix}{i}", bridge, 0, {}) for i in range(n)])
+    lat = [await c.timed("CreateTap", "ssa{sv}", f"{prefix}{i}", "eth0", {"owner_uid": v("u", 1000)})
+           for i in range(n)]
+    return {"create": lat}
+
+
+async def unprovision(c: Client, n: int, prefix: str) -> float:
+    t = time.perf_counter()
+    await bounded_gather([c.m("DeleteTap", "ss", f"{prefix}{i}", "eth0") for i in range(n)], limit=2000)
+    total = time.perf_counter() - t
+    await bounded_gather([c.m("DetachVm", "ss", f"{prefix}{i}", "eth0") for i in range(n)])
+    return total
+
+
+def scrape(sb: Sandbox, url: str, count: int, gap: float) -> dict:
+    return run_in_ns(sb.ns, os.path.join(HERE, "scraper.py"), url, "--count", str(count), "--gap", str(gap))
+
+
+async def bench_provisioning(sb, c, figures, sizes):
+    for n in sizes:
+        d = await provision(sb, c, n, "fcbr0", f"p{n}-")
+        d_del = await unprovision(c, n, f"p{n}-")
+        pr = run_in_ns(sb.ns, os.path.join(HERE, "inproc_taps.py"), "pyroute2", str(n), "fcbr1")
+        sh = run_in_ns(sb.ns, os.path.join(HERE, "inproc_taps.py"), "shell", str(n), "fcbr2")
+        dbus_p50 = p50(d["create"]) * MS
+        pr_p50 = p50(pr["create"]) * MS
+        sh_p50 = p50(sh["create"]) * MS
+        figures.append(Figure(f"CreateTap p50, {n} TAPs (D-Bus vs in-process pyroute2)", dbus_p50, "ms",
+                              "pyroute2", pr_p50, "<= 1.5x", dbus_p50 <= 1.5 * pr_p50))
+        figures.append(Figure(f"CreateTap p50, {n} TAPs (D-Bus vs ip shell-outs)", dbus_p50, "ms",
+                              "ip", sh_p50, "<= 0.4x (2.5x faster)", dbus_p50 * 2.5 <= sh_p50))
+        figures.append(Figure(f"{n} concurrent DeleteTap over D-Bus, total", d_del, "s",
+                              "pyroute2 concurrent", pr["delete_total"],
+                              "< 6 s" if n == 1000 else "-", d_del < 6 if n == 1000 else None))
+        print(f"  provisioning {n}: D-Bus p50 {dbus_p50:.2f} ms, pyroute2 {pr_p50:.2f} ms, ip {sh_p50:.2f} ms, "
+              f"delete {d_del:.2f} s", flush=True)
+
+
+async def bench_scrape_and_memory(sb, c, figures, big: int):
+    url = "http://127.0.0.1:9617/metrics"
+    rss0 = sb.rss_kib()
+    await provision(sb, c, 1000, "fcbr3", "m-")
+    time.sleep(2.5)
+    rss1 = sb.rss_kib()
+    figures.append(Figure("daemon RSS at 1,000 TAPs", rss1 / 1024, "MiB", "idle", rss0 / 1024, "-", None))
+    # A fresh snapshot before every scrape (gap > refresh period): each scrape renders.
+    s = scrape(sb, url, 10, 1.2)
+    cached = scrape(sb, url, 20, 0.0)
+    ms = p50(s["latency"]) * MS
+    figures.append(Figure("scrape p50, 1,000 TAPs", ms, "ms", "cached re-scrape", p50(cached["latency"]) * MS,
+                          "< 50 ms", ms < 50))
+    print(f"  scrape 1,000 TAPs: {ms:.1f} ms ({s['bytes']} bytes)", flush=True)
+
+    # D-Bus p99 during a CreateTap burst, with and without a 100 ms scraper.
+    async def burst(prefix):
+        await bounded_gather([c.m("AttachVm", "ssqa{sv}", f"{prefix}{i}", "fcbr4", 0, {}) for i in range(300)])
+        lat = await bounded_gather([c.timed("CreateTap", "ssa{sv}", f"{prefix}{i}", "eth0", {})
+                                    for i in range(300)], limit=8)
+        await unprovision(c, 300, prefix)
+        return lat
+    quiet = await burst("q-")
+    scraper = subprocess.Popen(["ip", "netns", "exec", sb.ns.name, sys.executable, os.path.join(HERE, "scraper.py"),
+                                url, "--every", "0.1", "--for", "600"], stdout=subprocess.DEVNULL)
+    try:
+        time.sleep(0.5)
+        loud = await burst("l-")
+    finally:
+        scraper.terminate()
+        scraper.wait()
+    q99, l99 = p(quiet, 99) * MS, p(loud, 99) * MS
+    figures.append(Figure("CreateTap p99 in a burst while scraping every 100 ms", l99, "ms", "no scraping",
+                          q99, "< 2x", l99 < 2 * q99))
+    print(f"  burst p99: quiet {q99:.1f} ms, scraped {l99:.1f} ms", flush=True)
+
+    # 10,000 TAPs over 10 bridges (a bridge holds at most 1,023 ports).
+    per = big // 10
+    for b in range(10):
+        if b == 3:
+            continue  # fcbr3 already holds the 1,000 TAPs above
+        await provision(sb, c, per, f"fcbr{b}", f"b{b}-")
+    time.sleep(2.5)
+    ours = scrape(sb, url, 10, 1.2)
+    ne = subprocess.Popen(["ip", "netns", "exec", sb.ns.name, "prometheus-node-exporter",
+                           "--collector.disable-defaults", "--collector.netdev",
+                           "--web.listen-address=127.0.0.1:9100"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        time.sleep(1.5)
+        theirs = scrape(sb, "http://127.0.0.1:9100/metrics", 10, 0.2)
+    finally:
+        ne.terminate()
+        ne.wait()
+    o, t = p50(ours["latency"]) * MS, p50(theirs["latency"]) * MS
+    n_taps = len(sb.ns.taps())
+    figures.append(Figure(f"scrape p50, {n_taps:,} TAPs on 10 bridges", o, "ms", "node_exporter netdev", t,
+                          "< 400 ms and < node_exporter", o < 400 and o < t))
+    print(f"  scrape {n_taps} TAPs: fcnetd {o:.1f} ms ({ours['bytes']} bytes), node_exporter {t:.1f} ms "
+          f"({theirs['bytes']} bytes)", flush=True)
+
+
+def seeded_registry(state_dir: str, networks: int, attachments: int) -> Registry:
+    reg = Registry(state_dir)
+    nets = []
+    for vid in range(1, networks + 1):
+        net = Network.new("", "fcbr0", vid, "bench", "manual")
+        reg.add_network(net)
+        nets.append(net)
+    for i in range(attachments):
+        reg.add_attachment(Attachment(f"vm-{i}", "eth0", nets[i % len(nets)].id, f"vm-{i}"))
+    return reg
+
+
+def bench_registry_save(figures, workdir):
+    reg = seeded_registry(os.path.join(workdir, "regbench"), 4094, 10000)
+    os.makedirs(reg.state_dir, exist_ok=True)
+    durable, plain = [], []
+    for _ in range(10):
+        t = time.perf_counter()
+        reg.save_now()
+        durable.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with open(os.path.join(reg.state_dir, "plain.json"), "wb") as f:
+            f.write(serialize(reg.snapshot()))
+        plain.append(time.perf_counter() - t)
+    d, pl = p50(durable) * MS, p50(plain) * MS
+    figures.append(Figure("registry save, 4,094 networks + 10,000 attachments", d, "ms",
+                          "same JSON, no fsync/rename", pl, "-", None))
+    print(f"  registry save: {d:.1f} ms (plain write {pl:.1f} ms)", flush=True)
+
+
+async def bench_list(figures, workdir, empty_p50_ms):
+    state = os.path.join(workdir, "list-state")
+    os.makedirs(state, exist_ok=True)
+    seeded_registry(state, 4094, 0).save_now()
+    sb = Sandbox(os.path.join(workdir, "list"), bridges=1, metrics=False)
+    sb.daemon.state_dir = state
+    sb.start()
+    try:
+        c = await Client(sb.bus.address).open()
+        for _ in range(3):
+            await c.m("ListNetworks", "a{sv}", {})
+        lat = [await c.timed("ListNetworks", "a{sv}", {}) for _ in range(30)]
+        ms = p50(lat) * MS
+        figures.append(Figure("ListNetworks p50, 4,094 networks", ms, "ms", "empty registry", empty_p50_ms,
+                              "< 20 ms", ms < 20))
+        print(f"  ListNetworks 4,094: {ms:.1f} ms", flush=True)
+        c.close()
+    finally:
+        sb.close()
+
+
+async def main(args) -> int:
+    workdir = tempfile.mkdtemp(prefix="fcnetd-bench-")
+    figures: list[Figure] = []
+    sizes = [int(x) for x in args.sizes.split(",")]
+    sb = Sandbox(os.path.join(workdir, "main")).start()
+    try:
+        c = await Client(sb.bus.address).open()
+        empty = [await c.timed("ListNetworks", "a{sv}", {}) for _ in range(30)]
+        await bench_provisioning(sb, c, figures, sizes)
+        await bench_scrape_and_memory(sb, c, figures, args.big)
+        c.close()
+    finally:
+        sb.close()
+    bench_registry_save(figures, workdir)
+    await bench_list(figures, workdir, p50(empty) * MS)
+    if not args.skip_webui:
+        try:
+            from bench_webui import bench_webui
+        except ImportError:
+            bench_webui = None
+        if bench_webui is not None:
+            await bench_webui(figures, workdir)
+    print()
+    print(table(figures))
+    save(figures, args.json)
+    print(f"\nwritten to {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--sizes", default="1,100,1000", help="TAP counts for the provisioning figures")
+    ap.add_argument("--big", type=int, default=10000, help="TAPs for the large scrape figure")
+    ap.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
+    ap.add_argument("--skip-webui", action="store_true")
+    sys.exit(asyncio.run(main(ap.parse_args())))
