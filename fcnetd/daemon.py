@@ -179,9 +179,13 @@ class Daemon:
             self.exit_code = 1
             self.stopping.set()
 
-    def _link_event(self, event: str, ifname: str, up: bool, carrier: bool) -> None:
-        if ifname in self.config.bridges:
-            self._spawn(self.engine.refresh_bridge(ifname))
+    def _link_event(self, event: str | None, ifname: str | None, up: bool, carrier: bool) -> None:
+        if event is None:  # the kernel dropped events: read everything again
+            log.warning("link events were lost; reconciling")
+            self._spawn(self.engine.reconcile())
+        elif ifname in self.config.bridges:
+            if self.engine.bridge_event(ifname, event == "RTM_DELLINK", up):
+                self._spawn(self.engine.refresh_bridge(ifname))
         elif event == "RTM_DELLINK" and ifname:
             self.engine.tap_vanished(ifname)
         elif ifname:

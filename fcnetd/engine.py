@@ -115,10 +115,23 @@ class Engine:
         return cfg
 
     async def _prepare_bridge(self, bridge: str, vlan: int) -> BridgeState:
+        """The bridge, ready for a network of this VLAN. The state is cached
+        and kept current by link events, so a VM start costs no lookup."""
         cfg = self._allowed(bridge)
+        state = self.bridges.get(bridge)
+        if state is not None and state.up and (state.vlan_filtering or not vlan):
+            return state
         state = await self.netlink.ensure_bridge(bridge, cfg.create, cfg.mtu, vlan_filtering=bool(vlan))
         self.bridges[bridge] = state
         return state
+
+    def bridge_event(self, bridge: str, deleted: bool, up: bool) -> bool:
+        """A link event for an allowed bridge; True if its state must be read again."""
+        state = self.bridges.get(bridge)
+        if deleted:
+            self.bridges[bridge] = None
+            return False
+        return state is None or state.up != up
 
     async def refresh_bridge(self, bridge: str) -> None:
         try:
@@ -352,14 +365,16 @@ class Engine:
         return dict(result)
 
     async def load_snapshot(self, snap: Snapshot) -> None:
-        """A valid hand edit of the registry: take it, then reconcile."""
-        before = set(self.registry.networks)
+        """A valid hand edit of the registry: take it, then reconcile. A record
+        edited in place is announced as removed and added again."""
         old = dict(self.registry.networks)
         self.registry.replace(snap)
-        for net_id in before - set(snap.networks):
-            self.on_network_removed(old[net_id])
-        for net_id in set(snap.networks) - before:
-            self.on_network_added(snap.networks[net_id])
+        for net_id, net in old.items():
+            if snap.networks.get(net_id) != net:
+                self.on_network_removed(net)
+        for net_id, net in snap.networks.items():
+            if old.get(net_id) != net:
+                self.on_network_added(net)
         await self.reconcile()
         for net in self.registry.networks.values():
             self.on_network_changed(net)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 
 from .errors import InvalidArgs
@@ -135,7 +135,10 @@ class Network:
         return net
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        # explicit, not dataclasses.asdict(): that deep-copies and is 5x slower
+        return {"id": self.id, "name": self.name, "bridge": self.bridge, "vlan": self.vlan,
+                "host": self.host, "created": self.created, "origin": self.origin,
+                "description": self.description}
 
 
 @dataclass(frozen=True)
@@ -163,7 +166,8 @@ class Attachment:
         return att
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"vm_id": self.vm_id, "nic": self.nic, "network_id": self.network_id,
+                "vm_name": self.vm_name, "mac": self.mac, "attached": self.attached}
 
 
 def tap_tag(vm_id: str, nic: str) -> str:

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import socket
+import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -183,15 +185,22 @@ class Netlink:
         except OSError as e:
             raise _translate(e, f"tap {name}") from e
         try:
-            index = (await self.ipr.link_lookup(ifname=name))[0]
+            index = socket.if_nametoindex(name)  # one ioctl; link_lookup would dump every link
             extra = {"mtu": mtu} if mtu else {}
-            await self.ipr.link("set", index=index, master=bridge.index,
-                                ifalias=tap_tag(vm_id, nic), **extra)
-            if vlan:
+            if not vlan:
+                await self.ipr.link("set", index=index, master=bridge.index,
+                                    ifalias=tap_tag(vm_id, nic), state="up", **extra)
+            else:
+                await self.ipr.link("set", index=index, master=bridge.index,
+                                    ifalias=tap_tag(vm_id, nic), **extra)
                 # Enslaving made it a member of the bridge's default VLAN; a
                 # tagged network's TAP must be in its own VLAN and no other.
-                await self.set_port_vlans(index, {vlan: {"pvid", "untagged"}}, f"tap {name}")
-            await self.ipr.link("set", index=index, state="up")
+                # It is still down, so no frame crossed in between.
+                await self.ipr.vlan_filter("add", index=index,
+                                           vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+                if bridge.default_pvid and bridge.default_pvid != vlan:
+                    await self.ipr.vlan_filter("del", index=index, vlan_info={"vid": bridge.default_pvid})
+                await self.ipr.link("set", index=index, state="up")
         except BaseException as e:
             await self.delete_link(name)
             if isinstance(e, NetlinkError):
@@ -248,13 +257,71 @@ class Netlink:
 
     # -- link events -------------------------------------------------------
     async def watch_links(self, callback) -> None:
-        """Calls callback(event, ifname, up, carrier) for every link change until cancelled."""
-        mon = AsyncIPRoute()
+        """Calls callback(event, ifname, up, carrier) for every link change
+        until cancelled; callback(None, None, False, False) after an overrun.
+
+        Each TAP creation sends several link events; decoding them with
+        pyroute2 cost more than creating the TAP, so the few fields needed
+        are read straight from the messages (struct nlmsghdr, ifinfomsg and
+        two attributes)."""
+        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                             socket.NETLINK_ROUTE)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        sock.bind((0, RTMGRP_LINK))
+        loop = asyncio.get_running_loop()
+        ready = asyncio.Event()
+        loop.add_reader(sock.fileno(), ready.set)
         try:
-            await mon.bind(groups=RTMGRP_LINK)
             while True:
-                async for msg in mon.get():
-                    callback(msg.get("event"), msg.get("ifname"), bool(msg.get("flags", 0) & IFF_UP),
-                             msg.get("operstate") == "UP")
+                await ready.wait()
+                ready.clear()
+                while True:
+                    try:
+                        data = sock.recv(1 << 16)
+                    except BlockingIOError:
+                        break
+                    except OSError as e:
+                        if e.errno == errno.ENOBUFS:  # events lost: the caller resyncs
+                            callback(None, None, False, False)
+                            continue
+                        raise
+                    for event in parse_link_events(data):
+                        callback(*event)
         finally:
-            mon.close()
+            loop.remove_reader(sock.fileno())
+            sock.close()
+
+
+_NLMSG = struct.Struct("=LHHLL")
+_IFINFO = struct.Struct("=BxHiII")
+_RTA = struct.Struct("=HH")
+RTM_NEWLINK, RTM_DELLINK = 16, 17
+IFLA_IFNAME, IFLA_OPERSTATE = 3, 16
+IF_OPER_UP = 6
+_EVENT_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK"}
+
+
+def parse_link_events(data: bytes):
+    """Yields (event, ifname, up, carrier) from a buffer of rtnetlink messages."""
+    offset = 0
+    while offset + _NLMSG.size <= len(data):
+        length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
+        if length < _NLMSG.size:
+            return
+        end = offset + length
+        if mtype in _EVENT_NAMES:
+            base = offset + _NLMSG.size
+            _family, _type, _index, flags, _change = _IFINFO.unpack_from(data, base)
+            pos = base + _IFINFO.size
+            ifname, carrier = None, False
+            while pos + _RTA.size <= end:
+                alen, atype = _RTA.unpack_from(data, pos)
+                if alen < _RTA.size:
+                    break
+                if atype == IFLA_IFNAME:
+                    ifname = data[pos + 4:pos + alen].split(b"\0", 1)[0].decode()
+                elif atype == IFLA_OPERSTATE:
+                    carrier = data[pos + 4] == IF_OPER_UP
+                pos += (alen + 3) & ~3
+            yield _EVENT_NAMES[mtype], ifname, bool(flags & IFF_UP), carrier
+        offset += (length + 3) & ~3

@@ -74,16 +74,34 @@ def parse_options(given: dict, spec: dict) -> dict:
     return out
 
 
-def network_summary(engine: Engine, net: Network) -> dict:
-    count = len(engine.registry.by_network.get(net.id, {}))
-    return {
-        "Id": Variant("s", net.id), "Name": Variant("s", net.name),
-        "Bridge": Variant("s", net.bridge), "Vlan": Variant("q", net.vlan),
-        "Type": Variant("s", net.kind), "Host": Variant("s", net.host),
-        "Created": Variant("s", net.created), "Origin": Variant("s", net.origin),
-        "Description": Variant("s", net.description), "VmCount": Variant("u", count),
-        "Status": Variant("s", engine.status(net)), "Path": Variant("o", network_path(net.id)),
-    }
+class Summaries:
+    """ListNetworks entries, cached: a network is never edited, so only its
+    VM count and status can change, and most entries are reused as they are
+    (building 4,094 entries of Variants from scratch costs ~80 ms)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._cache: dict[str, tuple[Network, int, str, dict]] = {}
+
+    def get(self, net: Network) -> dict:
+        count = len(self.engine.registry.by_network.get(net.id, ()))
+        status = self.engine.status(net)
+        hit = self._cache.get(net.id)
+        if hit is not None and hit[0] is net and hit[1] == count and hit[2] == status:
+            return hit[3]
+        entry = {
+            "Id": Variant("s", net.id), "Name": Variant("s", net.name),
+            "Bridge": Variant("s", net.bridge), "Vlan": Variant("q", net.vlan),
+            "Type": Variant("s", net.kind), "Host": Variant("s", net.host),
+            "Created": Variant("s", net.created), "Origin": Variant("s", net.origin),
+            "Description": Variant("s", net.description), "VmCount": Variant("u", count),
+            "Status": Variant("s", status), "Path": Variant("o", network_path(net.id)),
+        }
+        self._cache[net.id] = (net, count, status, entry)
+        return entry
+
+    def forget(self, net: Network) -> None:
+        self._cache.pop(net.id, None)
 
 
 def vm_entries(engine: Engine, net: Network) -> list[dict]:
@@ -94,8 +112,8 @@ def vm_entries(engine: Engine, net: Network) -> list[dict]:
              "State": Variant("s", v["state"])} for v in view]
 
 
-def network_detail(engine: Engine, net: Network) -> dict:
-    d = network_summary(engine, net)
+def network_detail(summaries: Summaries, engine: Engine, net: Network) -> dict:
+    d = dict(summaries.get(net))
     d["Vms"] = Variant("aa{sv}", vm_entries(engine, net))
     d["Taps"] = Variant("as", [t.name for t in engine.taps_of(net)])
     return d
@@ -175,6 +193,7 @@ class Manager(ServiceInterface):
         super().__init__(MANAGER_IFACE)
         self.engine, self.conn = engine, conn
         self.stats = RequestStats()
+        self.summaries = Summaries(engine)
         self.objects: dict[str, NetworkObject] = {}
         self._dirty: set[str] = set()
         self._flush_handle = None
@@ -204,6 +223,7 @@ class Manager(ServiceInterface):
             self._counts_changed()
 
     def _removed(self, net: Network) -> None:
+        self.summaries.forget(net)
         if self.objects.pop(net.id, None) is not None:
             self.conn.unexport(network_path(net.id))
         self._dirty.discard(net.id)
@@ -251,14 +271,23 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def GetNetwork(self, network: "s") -> "a{sv}":
-        return network_detail(self.engine, self.engine.find_network(network))
+        return network_detail(self.summaries, self.engine, self.engine.find_network(network))
 
     @method()
     @funnel
     async def ListNetworks(self, filter: "a{sv}") -> "aa{sv}":
-        f = parse_options(filter, {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)})
+        f = parse_options(filter, {"search": ("s", str), "type": ("s", str), "bridge": ("s", str),
+                                   "offset": ("u", int), "limit": ("u", int)})
         nets = self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", ""))
-        return [network_summary(self.engine, n) for n in nets]
+        offset = f.get("offset", 0)
+        limit = f.get("limit", 0) or len(nets)
+        return [self.summaries.get(n) for n in nets[offset:offset + limit]]
+
+    @method()
+    @funnel
+    async def CountNetworks(self, filter: "a{sv}") -> "u":
+        f = parse_options(filter, {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)})
+        return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", "")))
 
     @method()
     @funnel

@@ -60,7 +60,7 @@ def test_scrape_shows_networks_taps_and_passes_promtool(mdaemon, client):
     text = wait_scrape(mdaemon, lambda t: f'tap="{tap}"' in t)
     assert 'fcnetd_networks{type="bridge"} 1.0' in text
     assert 'fcnetd_network_info{bridge="fcbr0",host="node1"' in text
-    assert f'fcnetd_tap_up{{network="fcbr0",nic="eth0",tap="{tap}",vm="vm-1"}} 1.0' in text
+    assert series(text, "fcnetd_tap_up")[f'fcnetd_tap_up{{network="fcbr0",nic="eth0",tap="{tap}",vm="vm-1"}}'] == 1
     assert 'fcnetd_dbus_requests_total{method="CreateTap",result="ok"} 1.0' in text
     assert 'fcnetd_bridge_present{bridge="fcbr0"} 1.0' in text
     assert 'fcnetd_registry_writes_total{result="ok"}' in text

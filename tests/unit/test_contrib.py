@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fcnetd.metrics import COUNTER_FIELDS, SnapshotCollector, Snapshot, TapRow, build
+from fcnetd.metrics import COUNTER_FIELDS, Exposition, Snapshot, TapRow, build
 from fcnetd.procstats import Counters
 
 CONTRIB = Path(__file__).parents[2] / "contrib"
@@ -39,9 +39,10 @@ def exported_names() -> set[str]:
                     bridges=(("fcbr0", True, True, False),), requests={("X", "ok"): 1},
                     latency_buckets={}, latency_count=1, latency_sum=0.1, registry_writes={"ok": 1},
                     registry_write_seconds=(1, 0.01), reconcile={}, access_denied=0)
-    c = SnapshotCollector()
-    c.snapshot = snap
-    return {s.name for fam in c.collect() for s in fam.samples}
+    ex = Exposition()
+    ex.publish(snap)
+    text = ex.render().decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if not line.startswith("#")}
 
 
 def test_dashboard_queries_only_exported_metrics():
@@ -61,3 +62,27 @@ def test_build_reads_counters_for_taps_only():
     snap = build(state, lambda names: asked.append(names) or {"vmtap1": Counters(*range(8))})
     assert asked == [{"vmtap1"}] and snap.taps[0].counters.tx_bytes == 4
     assert len(COUNTER_FIELDS) == 8
+
+
+def test_fast_tap_series_parse_like_prometheus_client_output():
+    """The hand-rolled TAP renderer must mean exactly what prometheus-client's
+    encoder would have written for the same samples, escaping included."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.core import CounterMetricFamily
+    from prometheus_client.parser import text_string_to_metric_families
+    from fcnetd.metrics import TapSeries
+
+    rows = (TapRow('vmtap1', 'vm"1\\x', "eth0", "net\nline", True, False, Counters(*range(8))),)
+    ours = TapSeries().render(rows)
+
+    class Reference:
+        def collect(self):
+            fam = CounterMetricFamily("fcnetd_tap_receive_bytes", "x", labels=["tap", "vm", "nic", "network"])
+            fam.add_metric(["vmtap1", 'vm"1\\x', "eth0", "net\nline"], 0)
+            yield fam
+    reg = CollectorRegistry()
+    reg.register(Reference())
+    ref = [s for f in text_string_to_metric_families(generate_latest(reg).decode()) for s in f.samples]
+    got = [s for f in text_string_to_metric_families(ours) for s in f.samples
+           if s.name == "fcnetd_tap_receive_bytes_total"]
+    assert got == ref
