@@ -148,6 +148,13 @@ class Daemon:
             self._spawn(self.reload())
 
     async def _registry_changed(self) -> None:
+        # Under the write lock: a write of our own may have renamed the file
+        # but not yet recorded its identity, and a hand edit must not land
+        # between a write and its bookkeeping.
+        async with self.registry.write_lock:
+            await self._registry_changed_locked()
+
+    async def _registry_changed_locked(self) -> None:
         path = self.registry.path
         if self.registry.is_own_file():
             return

@@ -47,6 +47,8 @@ class Engine:
         self.bridges: dict[str, BridgeState | None] = {}
         self._tap_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._uplink_lock = asyncio.Lock()
+        self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
+        self._creating: dict[tuple[str, int], asyncio.Future] = {}
         self.stats = Stats()
         registry.observer = self.stats.observe_write
         # Observers are told after a change is on disk (or in the kernel).
@@ -121,7 +123,17 @@ class Engine:
         state = self.bridges.get(bridge)
         if state is not None and state.up and (state.vlan_filtering or not vlan):
             return state
-        state = await self.netlink.ensure_bridge(bridge, cfg.create, cfg.mtu, vlan_filtering=bool(vlan))
+        # One preparation per bridge at a time; a burst of first VM starts shares it.
+        key = (bridge, bool(vlan))
+        if (pending := self._preparing.get(key)) is not None:
+            return await asyncio.shield(pending)
+        task = asyncio.ensure_future(
+            self.netlink.ensure_bridge(bridge, cfg.create, cfg.mtu, vlan_filtering=bool(vlan)))
+        self._preparing[key] = task
+        try:
+            state = await asyncio.shield(task)
+        finally:
+            del self._preparing[key]
         self.bridges[bridge] = state
         return state
 
@@ -198,10 +210,17 @@ class Engine:
         existing = self.registry.by_key.get((self.host, bridge, vlan))
         if existing is not None:
             return existing, False
+        # Concurrent first attachments wait for one creation instead of racing.
+        creation = self._creating.get((bridge, vlan))
+        leader = creation is None
+        if leader:
+            creation = asyncio.ensure_future(self.create_network("", bridge, vlan, origin="auto"))
+            self._creating[(bridge, vlan)] = creation
+            creation.add_done_callback(lambda _: self._creating.pop((bridge, vlan), None))
         try:
-            return await self.create_network("", bridge, vlan, origin="auto"), True
+            return await asyncio.shield(creation), leader
         except E.NetworkExists:
-            # A concurrent caller created it, or a manual network took the auto name.
+            # A manual network took the (host, bridge, vlan) or the auto name meanwhile.
             existing = self.registry.by_key.get((self.host, bridge, vlan))
             if existing is None:
                 raise
@@ -274,6 +293,7 @@ class Engine:
         except E.FcnetError:
             self.registry.add_attachment(att)
             raise
+        self._tap_locks.pop(att.key, None)
         net = self.registry.networks.get(att.network_id)
         if net is not None:
             self.on_network_changed(net)
@@ -313,12 +333,15 @@ class Engine:
         check_nic(nic)
         key = (vm_id, nic)
         async with self._tap_locks[key]:
-            tap = self.taps.get(key)
+            # Forget it first, so the kernel's delete event is not taken for drift.
+            tap = self._drop_tap(key)
             if tap is None:
                 return
-            await self.netlink.delete_link(tap.name)
-            self._drop_tap(key)
-        self._tap_locks.pop(key, None)
+            try:
+                await self.netlink.delete_link(tap.name)
+            except BaseException:
+                self._set_tap(key, tap)
+                raise
         att = self.registry.attachments.get(key)
         if att is not None and att.network_id in self.registry.networks:
             self.on_network_changed(self.registry.networks[att.network_id])

@@ -99,8 +99,32 @@ class Netlink:
         self._sync_sockets: list[IPRoute] = []
         self._sockets_lock = threading.Lock()
 
+    MAX_IN_FLIGHT = 32  # requests on the async socket at once; more overran its buffer
+
     async def open(self) -> None:
         self.ipr = AsyncIPRoute()
+        self._slots = asyncio.Semaphore(self.MAX_IN_FLIGHT)
+
+    def _reopen(self) -> None:
+        # pyroute2 marks a socket the kernel overran as failed for good
+        self.ipr.close()
+        self.ipr = AsyncIPRoute()
+
+    async def _rt(self, method: str, *args, **kwargs):
+        """One request, bounded in flight; after an overrun (ENOBUFS) the
+        socket is replaced and the request tried once more."""
+        async with self._slots:
+            for attempt in (1, 2):
+                try:
+                    return await getattr(self.ipr, method)(*args, **kwargs)
+                except OSError as e:
+                    if e.errno != errno.ENOBUFS or attempt == 2:
+                        raise
+                    self._reopen()
+
+    async def _dump(self, method: str, *args, **kwargs) -> list:
+        async with self._slots:
+            return [msg async for msg in await getattr(self.ipr, method)(*args, **kwargs)]
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
@@ -112,7 +136,7 @@ class Netlink:
     # -- bridges ---------------------------------------------------------
     async def bridge(self, name: str) -> BridgeState | None:
         try:
-            msgs = await self.ipr.link("get", ifname=name)
+            msgs = await self._rt("link", "get", ifname=name)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
@@ -131,16 +155,16 @@ class Netlink:
                     f"(set create = true in [bridges.{name}])")
             extra = {"mtu": mtu} if mtu else {}
             try:
-                await self.ipr.link("add", ifname=name, kind="bridge", **extra)
+                await self._rt("link", "add", ifname=name, kind="bridge", **extra)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:  # lost a race with another creator: fine
                     raise _translate(e, f"create bridge {name}") from e
             state = await self.bridge(name)
         if not state.up:
-            await self.ipr.link("set", index=state.index, state="up")
+            await self._rt("link", "set", index=state.index, state="up")
         if vlan_filtering and not state.vlan_filtering:
             try:
-                await self.ipr.link("set", index=state.index, kind="bridge", br_vlan_filtering=1)
+                await self._rt("link", "set", index=state.index, kind="bridge", br_vlan_filtering=1)
             except NetlinkError as e:
                 raise _translate(e, f"bridge {name}") from e
         return await self.bridge(name)
@@ -149,7 +173,7 @@ class Netlink:
     async def port_vlans(self, index: int) -> dict[int, set[str]]:
         """VID -> flags ('pvid', 'untagged') of one bridge port."""
         result: dict[int, set[str]] = {}
-        async for msg in await self.ipr.get_vlans(index=index):
+        for msg in await self._dump("get_vlans", index=index):
             spec = msg.get("IFLA_AF_SPEC")
             if not spec:
                 continue
@@ -169,10 +193,10 @@ class Netlink:
             current = await self.port_vlans(index)
             for vid, flags in wanted.items():
                 if current.get(vid) != flags:
-                    await self.ipr.vlan_filter("add", index=index,
+                    await self._rt("vlan_filter", "add", index=index,
                                                vlan_info={"vid": vid, "flags": sorted(flags)})
             for vid in current.keys() - wanted.keys():
-                await self.ipr.vlan_filter("del", index=index, vlan_info={"vid": vid})
+                await self._rt("vlan_filter", "del", index=index, vlan_info={"vid": vid})
         except NetlinkError as e:
             raise _translate(e, what) from e
 
@@ -188,19 +212,19 @@ class Netlink:
             index = socket.if_nametoindex(name)  # one ioctl; link_lookup would dump every link
             extra = {"mtu": mtu} if mtu else {}
             if not vlan:
-                await self.ipr.link("set", index=index, master=bridge.index,
+                await self._rt("link", "set", index=index, master=bridge.index,
                                     ifalias=tap_tag(vm_id, nic), state="up", **extra)
             else:
-                await self.ipr.link("set", index=index, master=bridge.index,
+                await self._rt("link", "set", index=index, master=bridge.index,
                                     ifalias=tap_tag(vm_id, nic), **extra)
                 # Enslaving made it a member of the bridge's default VLAN; a
                 # tagged network's TAP must be in its own VLAN and no other.
                 # It is still down, so no frame crossed in between.
-                await self.ipr.vlan_filter("add", index=index,
+                await self._rt("vlan_filter", "add", index=index,
                                            vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
                 if bridge.default_pvid and bridge.default_pvid != vlan:
-                    await self.ipr.vlan_filter("del", index=index, vlan_info={"vid": bridge.default_pvid})
-                await self.ipr.link("set", index=index, state="up")
+                    await self._rt("vlan_filter", "del", index=index, vlan_info={"vid": bridge.default_pvid})
+                await self._rt("link", "set", index=index, state="up")
         except BaseException as e:
             await self.delete_link(name)
             if isinstance(e, NetlinkError):
@@ -211,7 +235,7 @@ class Netlink:
     async def taps(self) -> dict[tuple[str, str], TapState]:
         """Every TAP that carries fcnetd's tag, by (vm_id, nic)."""
         found: dict[tuple[str, str], TapState] = {}
-        async for msg in await self.ipr.link("dump"):
+        for msg in await self._dump("link", "dump"):
             tap = _tap_state(msg)
             if tap is not None and msg.get(("linkinfo", "kind")) == "tun":
                 found[(tap.vm_id, tap.nic)] = tap
@@ -219,7 +243,7 @@ class Netlink:
 
     async def tap(self, name: str) -> TapState | None:
         try:
-            msgs = await self.ipr.link("get", ifname=name)
+            msgs = await self._rt("link", "get", ifname=name)
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
@@ -227,12 +251,12 @@ class Netlink:
         return _tap_state(msgs[0])
 
     async def link_index(self, name: str) -> int | None:
-        found = await self.ipr.link_lookup(ifname=name)
+        found = await self._rt("link_lookup", ifname=name)
         return found[0] if found else None
 
     async def set_master(self, index: int, master: int, what: str) -> None:
         try:
-            await self.ipr.link("set", index=index, master=master)
+            await self._rt("link", "set", index=index, master=master)
         except NetlinkError as e:
             raise _translate(e, what) from e
 

@@ -147,7 +147,7 @@ class Registry:
         self.by_network: dict[str, dict[tuple[str, str], Attachment]] = {}
         self._generation = 0
         self._written = 0
-        self._write_lock = asyncio.Lock()
+        self.write_lock = asyncio.Lock()
         self.last_write: os.stat_result | None = None
         # observer(seconds, ok) is told of every write, for metrics.
         self.observer = observer or (lambda seconds, ok: None)
@@ -220,7 +220,7 @@ class Registry:
         share the next one, so a burst of N mutations costs about two writes.
         """
         wanted = self._generation
-        async with self._write_lock:
+        async with self.write_lock:
             if self._written >= wanted:
                 return
             generation = self._generation

@@ -161,3 +161,28 @@ def _creates(client, bridge):
         return True
     except Exception:
         return False
+
+
+def test_burst_of_first_attachments_keeps_netlink_and_registry_whole(daemon, bus):
+    """Regression: 3,000 concurrent first AttachVm calls each prepared the
+    bridge, overran the netlink socket (ENOBUFS) and left it dead; and the
+    file watcher must never take the daemon's own grouped writes for a hand
+    edit (which would drop attachments still in flight)."""
+    import asyncio
+    from fcnetd.bus import call, connect
+
+    async def burst():
+        conn = await connect(bus.address)
+        try:
+            await asyncio.gather(*(call(conn, "org.fcnetd.Network1", "/org/fcnetd/Network1",
+                                        "org.fcnetd.Network1.Manager", "AttachVm", "ssqa{sv}",
+                                        [f"vm-{i}", "fcbr0", 0, {}]) for i in range(3000)))
+        finally:
+            conn.disconnect()
+    asyncio.run(burst())
+    time.sleep(0.5)  # let the watcher see the last writes
+    from .harness import Client
+    net = Client(bus.address).call("GetNetwork", "s", "fcbr0")[0]
+    assert net["VmCount"] == 3000
+    assert len(json.load(open(daemon.state_dir + "/registry.json"))["attachments"]) == 3000
+    assert "edited by hand" not in daemon.output()
