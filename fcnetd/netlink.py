@@ -19,7 +19,7 @@ from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 
 from . import tundev
-from .errors import BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
+from .errors import BridgeFull, BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
 from .model import parse_tap_tag, tap_tag
 
 IFF_UP = 0x1
@@ -58,6 +58,9 @@ def _translate(e: Exception, what: str) -> FcnetError:
         return TapExists(f"{what}: a device of that name already exists and was not created by fcnetd")
     if code == errno.ENODEV:
         return BridgeNotFound(f"{what}: no such device")
+    if code == errno.EXFULL:
+        return BridgeFull(f"{what}: the bridge is full (a Linux bridge holds at most 1,023 ports); "
+                          "spread the VMs over more bridges")
     if code == errno.EPERM:
         return Internal(f"{what}: the daemon lacks CAP_NET_ADMIN")
     name = errno.errorcode.get(code, str(code))
@@ -322,6 +325,7 @@ _RTA = struct.Struct("=HH")
 RTM_NEWLINK, RTM_DELLINK = 16, 17
 IFLA_IFNAME, IFLA_OPERSTATE = 3, 16
 IF_OPER_UP = 6
+AF_BRIDGE = 7
 _EVENT_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK"}
 
 
@@ -335,7 +339,10 @@ def parse_link_events(data: bytes):
         end = offset + length
         if mtype in _EVENT_NAMES:
             base = offset + _NLMSG.size
-            _family, _type, _index, flags, _change = _IFINFO.unpack_from(data, base)
+            family, _type, _index, flags, _change = _IFINFO.unpack_from(data, base)
+            if family == AF_BRIDGE:  # per-port bridge notices: nothing we track
+                offset += (length + 3) & ~3
+                continue
             pos = base + _IFINFO.size
             ifname, carrier = None, False
             while pos + _RTA.size <= end:
@@ -346,6 +353,8 @@ def parse_link_events(data: bytes):
                     ifname = data[pos + 4:pos + alen].split(b"\0", 1)[0].decode()
                 elif atype == IFLA_OPERSTATE:
                     carrier = data[pos + 4] == IF_OPER_UP
+                    if ifname is not None:
+                        break  # the kernel puts the name first: nothing more needed
                 pos += (alen + 3) & ~3
             yield _EVENT_NAMES[mtype], ifname, bool(flags & IFF_UP), carrier
         offset += (length + 3) & ~3
