@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 from fcnetd.bus import DBusError, Variant, call, connect, unwrap
@@ -86,7 +87,8 @@ class Daemon:
         return cmd
 
     def start(self, wait: bool = True, timeout: float = 20) -> "Daemon":
-        sock_path = os.path.join(os.path.dirname(self.log), f"notify-{next(_counter)}.sock")
+        # a local directory: some file systems (9p in the kernel tier) refuse sockets
+        sock_path = os.path.join(tempfile.mkdtemp(prefix="fcnetd-notify-"), "notify.sock")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(sock_path)
         sock.settimeout(0.2)

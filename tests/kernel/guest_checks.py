@@ -1,0 +1,289 @@
+"""Runs inside a Debian kernel booted by virtme-ng (see test_vlan_isolation.py),
+inside a network namespace, as root. Starts a private dbus-daemon and the real
+fcnetd, builds networks through the D-Bus API, opens every TAP as a VM would,
+and records which frame arrived where. Writes the checks as JSON to --out."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, ROOT)
+
+from fcnetd.testbus import PrivateBus  # noqa: E402
+from tests.kernel.frames import BROADCAST, Endpoint, Wire, frame, mac  # noqa: E402
+from tests.system.harness import Client, Daemon, v  # noqa: E402
+
+WAIT = 0.6  # how long a silent port is watched; TCG is slow
+
+
+class Ns:
+    def __init__(self, name: str):
+        self.name = name
+
+
+def sh(*cmd: str) -> str:
+    return subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+
+
+class Report:
+    def __init__(self):
+        self.checks: list[dict] = []
+
+    def check(self, scenario: int, name: str, ok: bool, detail: str = "") -> None:
+        self.checks.append({"scenario": scenario, "name": name, "ok": bool(ok), "detail": detail})
+        print(f"[{'ok' if ok else 'FAIL'}] {scenario}: {name} {detail}", flush=True)
+
+
+class Lab:
+    def __init__(self, report: Report):
+        self.report = report
+        self.ports: dict[str, Endpoint] = {}
+        self.net_of: dict[str, str] = {}
+        self.counter = 0
+
+    def add(self, name: str, tap: str, net: str) -> Endpoint:
+        self.counter += 1
+        ep = Endpoint(name, tap, self.counter)
+        self.ports[name], self.net_of[name] = ep, net
+        return ep
+
+    def marker(self, label: str) -> str:
+        self.counter += 1
+        return f"{label}#{self.counter}"
+
+    def where(self, marker: str, exclude: str | None = None, wire: Wire | None = None) -> dict:
+        """Reads every port (and the wire) once; returns where the marker arrived."""
+        got = {}
+        deadline = time.monotonic() + WAIT
+        for name, ep in self.ports.items():
+            if name == exclude:
+                continue
+            frames = ep.received(max(0.0, deadline - time.monotonic()))
+            for vid, m in frames:
+                if m == marker:
+                    got[name] = vid
+        if wire is not None:
+            for vid, m in wire.received(max(0.05, deadline - time.monotonic())):
+                if m == marker:
+                    got["<uplink>"] = vid
+        return got
+
+    def drain(self, wire: Wire | None = None) -> None:
+        for ep in self.ports.values():
+            ep.drain()
+        if wire is not None:
+            wire.received(0.05)
+
+    def describe(self, got: dict) -> str:
+        parts = []
+        for name, vid in sorted(got.items()):
+            where = f"{name} ({self.net_of.get(name, 'uplink')})"
+            parts.append(where + (f" tagged {vid}" if vid is not None else ""))
+        return ", ".join(parts) or "nowhere"
+
+    def _send(self, label: str, sender: str, dst: bytes | str, wire: Wire | None):
+        self.drain(wire)
+        marker = self.marker(label)
+        target = self.ports[dst].mac if isinstance(dst, str) else dst
+        kind = "broadcast" if target == BROADCAST else f"unicast to {dst}"
+        self.ports[sender].send(target, marker)
+        return kind, self.where(marker, exclude=sender, wire=wire)
+
+    def expect(self, scenario: int, label: str, sender: str, dst: bytes | str, expected: set[str],
+               wire: Wire | None = None) -> dict:
+        """The frame arrives exactly at `expected`."""
+        kind, got = self._send(label, sender, dst, wire)
+        self.report.check(scenario, f"{label}: {kind} from {sender} ({self.net_of[sender]})",
+                          set(got) == expected,
+                          f"expected at {sorted(expected) or 'nowhere'}; arrived at {self.describe(got)}")
+        return got
+
+    def expect_not(self, scenario: int, label: str, sender: str, dst: str, forbidden: set[str]) -> None:
+        """Unicast to a MAC the sender's VLAN has never seen is flooded inside
+        that VLAN, as on any switch; it must reach no port outside it."""
+        kind, got = self._send(label, sender, dst, None)
+        leaked = set(got) & forbidden
+        self.report.check(scenario, f"{label}: {kind} from {sender} ({self.net_of[sender]})", not leaked,
+                          f"must not reach {sorted(forbidden)}; arrived at {self.describe(got)}")
+
+
+def vlans_of(dev: str) -> dict[int, list[str]]:
+    data = json.loads(sh("bridge", "-j", "vlan", "show", "dev", dev) or "[]")
+    out = {}
+    for entry in data:
+        for vl in entry.get("vlans", []):
+            out[vl["vlan"]] = sorted(vl.get("flags", []))
+    return out
+
+
+def scenarios(report: Report, ns_name: str, workdir: str) -> None:
+    ns = Ns(ns_name)
+    for knob in ("all", "default"):
+        sh("sysctl", "-q", "-w", f"net.ipv6.conf.{knob}.disable_ipv6=1")
+    sh("ip", "link", "set", "lo", "up")
+    sh("ip", "link", "add", "upl0", "type", "veth", "peer", "name", "upl0p")
+    sh("ip", "link", "set", "upl0", "up")
+    sh("ip", "link", "set", "upl0p", "up")
+    # An admin's bridge that already carries untagged foreign ports (scenario 8).
+    sh("ip", "link", "add", "fcbr2", "type", "bridge")
+    sh("ip", "link", "set", "fcbr2", "up")
+    for t in ("foreign1", "foreign2"):
+        sh("ip", "tuntap", "add", "dev", t, "mode", "tap")
+        sh("ip", "link", "set", t, "master", "fcbr2")
+        sh("ip", "link", "set", t, "up")
+    config = os.path.join(workdir, "fcnetd.toml")
+    with open(config, "w") as f:
+        f.write('[daemon]\nhost = "guest"\n[bridges.fcbr0]\ncreate = true\nuplink = "upl0"\n'
+                '[bridges.fcbr1]\ncreate = true\n[bridges.fcbr2]\ncreate = false\n')
+    bus = PrivateBus().start()
+    daemon = Daemon(ns, bus, os.path.join(workdir, "state"), config).start(timeout=120)
+    client = Client(bus.address)
+    lab = Lab(report)
+    try:
+        run_scenarios(report, lab, client, daemon, ns, bus)
+    finally:
+        print(daemon.output()[-4000:], flush=True)
+        daemon.stop()
+        bus.stop()
+
+
+def run_scenarios(report, lab, client, daemon, ns, bus):
+    vms = {"a10": ("fcbr0", 10), "b10": ("fcbr0", 10), "c20": ("fcbr0", 20), "d20": ("fcbr0", 20),
+           "u1": ("fcbr0", 0), "u2": ("fcbr0", 0), "e10": ("fcbr1", 10), "f10": ("fcbr1", 10)}
+    taps = {}
+    for vm, (bridge, vlan) in vms.items():
+        path = client.call("AttachVm", "ssqa{sv}", vm, bridge, vlan, {"vm_name": v("s", vm)})[0]
+        name = client.props(path, "org.fcnetd.Network1.Network")["Name"]
+        taps[vm] = client.call("CreateTap", "ssa{sv}", vm, "eth0", {})[0]
+        lab.add(vm, taps[vm], name)
+    # Let every port learn its MAC once, so unicast goes where the bridge knows.
+    for vm in vms:
+        lab.ports[vm].send(BROADCAST, "hello")
+    time.sleep(0.3)
+    lab.drain()
+
+    # 1. Same network: broadcast and unicast arrive.
+    lab.expect(1, "same VLAN network", "a10", BROADCAST, {"b10"})
+    lab.expect(1, "same VLAN network", "b10", "a10", {"a10"})
+    lab.expect(1, "same VLAN network", "c20", BROADCAST, {"d20"})
+    lab.expect(1, "same untagged network", "u1", BROADCAST, {"u2"})
+    lab.expect(1, "same untagged network", "u2", "u1", {"u1"})
+    # 2. Different VLANs on one bridge: nothing either way.
+    outside = {  # every port that is not on the sender's network
+        vm: {p for p in vms if vms[p] != vms[vm]} for vm in vms}
+    lab.expect_not(2, "VLAN 10 to VLAN 20", "a10", "c20", outside["a10"])
+    lab.expect_not(2, "VLAN 20 to VLAN 10", "d20", "b10", outside["d20"])
+    lab.expect(2, "VLAN 20 broadcast stays in 20", "d20", BROADCAST, {"c20"})
+    # 3. Untagged vs tagged on one bridge.
+    lab.expect_not(3, "untagged to tagged", "u1", "a10", outside["u1"])
+    lab.expect_not(3, "tagged to untagged", "a10", "u1", outside["a10"])
+    lab.expect(3, "untagged broadcast stays untagged", "u2", BROADCAST, {"u1"})
+    # 4. Membership: each tagged TAP in its own VLAN only, never VLAN 1.
+    for vm, (bridge, vlan) in vms.items():
+        if vlan:
+            got = vlans_of(taps[vm])
+            report.check(4, f"{taps[vm]} ({vm}) is a member of VLAN {vlan} only, pvid untagged",
+                         got == {vlan: ["Egress Untagged", "PVID"]}, f"bridge vlan show: {got}")
+
+    # 5. Uplink trunk.
+    wire = Wire("upl0p")
+    up = vlans_of("upl0")
+    report.check(5, "uplink is a tagged member of VLANs 10 and 20 (and untagged in the default VLAN)",
+                 up.get(10) == [] and up.get(20) == [] and up.get(1) == ["Egress Untagged", "PVID"],
+                 f"bridge vlan show dev upl0: {up}")
+    got = lab.expect(5, "VLAN 10 to the trunk", "a10", BROADCAST, {"b10", "<uplink>"}, wire=wire)
+    report.check(5, "frame from a VLAN-10 TAP leaves the uplink with an 802.1Q tag, VID 10",
+                 got.get("<uplink>") == 10, f"uplink saw {got.get('<uplink>', 'nothing')}")
+    got = lab.expect(5, "untagged network to the trunk", "u1", BROADCAST, {"u2", "<uplink>"}, wire=wire)
+    report.check(5, "frame from the untagged network leaves the uplink untagged",
+                 "<uplink>" in got and got["<uplink>"] is None, f"uplink saw {got.get('<uplink>', 'nothing')}")
+    for vid, expected in ((20, {"c20", "d20"}), (10, {"a10", "b10"}), (None, {"u1", "u2"}), (30, set())):
+        lab.drain(wire)
+        marker = lab.marker(f"from trunk vid {vid}")
+        wire.send(frame(BROADCAST, mac(999), marker, vid))
+        got = lab.where(marker)
+        report.check(5, f"frame tagged {vid} from the trunk reaches only {sorted(expected) or 'nobody'}",
+                     set(got) == expected, f"arrived at {lab.describe(got)}")
+
+    # 6. Two bridges never see each other, even with the same VID.
+    lab.expect(6, "fcbr1 VLAN 10 stays on fcbr1", "e10", BROADCAST, {"f10"})
+    lab.expect(6, "fcbr0 VLAN 10 stays on fcbr0", "b10", BROADCAST, {"a10", "<uplink>"}, wire=wire)
+    lab.expect_not(6, "no unicast across bridges", "e10", "a10", outside["e10"])
+
+    # 8. A bridge that already carries foreign untagged ports.
+    foreign = {"foreign1": lab.add("foreign1", "foreign1", "foreign untagged"),
+               "foreign2": lab.add("foreign2", "foreign2", "foreign untagged")}
+    for ep in foreign.values():
+        ep.send(BROADCAST, "hello")
+    lab.expect(8, "foreign ports before any tagged network", "foreign1", BROADCAST, {"foreign2"})
+    client.call("AttachVm", "ssqa{sv}", "g30", "fcbr2", 30, {})
+    taps["g30"] = client.call("CreateTap", "ssa{sv}", "g30", "eth0", {})[0]
+    lab.add("g30", taps["g30"], "fcbr2-vlan-30")
+    lab.ports["g30"].send(BROADCAST, "hello")
+    time.sleep(0.2)
+    lab.expect(8, "foreign ports after VLAN filtering came on", "foreign1", BROADCAST, {"foreign2"})
+    lab.expect(8, "foreign ports after VLAN filtering came on", "foreign2", "foreign1", {"foreign1"})
+    lab.expect(8, "tagged network apart from foreign ports", "g30", BROADCAST, set())
+    lab.expect_not(8, "foreign port cannot reach the tagged network", "foreign1", "g30", {"g30"})
+
+    # 7. kill -9 and restart: everything above still holds; old TAPs can be deleted.
+    daemon.kill9()
+    again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=120)
+    try:
+        for vm, (bridge, vlan) in vms.items():
+            present = subprocess.run(["ip", "link", "show", taps[vm]], capture_output=True).returncode == 0
+            report.check(7, f"{taps[vm]} ({vm}) survived the restart", present)
+            if vlan:
+                got = vlans_of(taps[vm])
+                report.check(7, f"{taps[vm]} ({vm}) kept VLAN {vlan} only after the restart",
+                             got == {vlan: ["Egress Untagged", "PVID"]}, f"{got}")
+        lab.expect(7, "after restart, same VLAN", "a10", BROADCAST, {"b10", "<uplink>"}, wire=wire)
+        lab.expect_not(7, "after restart, VLANs apart", "c20", "a10", outside["c20"])
+        lab.expect_not(7, "after restart, untagged apart", "u1", "b10", outside["u1"])
+        lab.ports.pop("a10").close()
+        client.call("DeleteTap", "ss", "a10", "eth0")
+        gone = subprocess.run(["ip", "link", "show", taps["a10"]], capture_output=True).returncode != 0
+        report.check(7, "a TAP created before the restart can be deleted", gone)
+
+        # 5, last: the uplink leaves VLAN 10 once no network on fcbr0 uses it.
+        for vm in ("a10", "b10"):
+            client.call("DetachVm", "ss", vm, "eth0")
+        client.call("DeleteNetwork", "s", "fcbr0-vlan-10")
+        up = vlans_of("upl0")
+        report.check(5, "after the last VLAN-10 network is deleted the uplink is not in VLAN 10",
+                     10 not in up and 20 in up, f"bridge vlan show dev upl0: {up}")
+    finally:
+        print(again.output()[-3000:], flush=True)
+        again.stop()
+        wire.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--netns", required=True)
+    args = ap.parse_args()
+    report = Report()
+    error = None
+    try:
+        # State, sockets and logs on the guest's own tmpfs: the shared
+        # folder (9p) refuses unix sockets and locks.
+        scenarios(report, args.netns, tempfile.mkdtemp(prefix="fcnetd-guest-"))
+    except Exception:
+        error = traceback.format_exc()
+        print(error, flush=True)
+    with open(args.out, "w") as f:
+        json.dump({"kernel": os.uname().release, "checks": report.checks, "error": error}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
