@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iproute2 dbus dbus-bin systemd util-linux       # ip, dbus-daemon, busctl, setpriv
   python3-venv
-  qemu-system-x86 linux-image-amd64               # kernel tier (virtme-ng boots this kernel)
+  qemu-system-x86 linux-image-amd64 busybox-static  # kernel tier (virtme-ng boots this kernel)
   prometheus prometheus-node-exporter             # promtool, a real Prometheus, the netdev baseline
   chromium                                        # browser tier
 )
