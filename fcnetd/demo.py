@@ -93,7 +93,12 @@ def main(argv=None) -> int:
         sys.stdout.flush()
         while not stop and all(p.poll() is None for p in procs):
             time.sleep(0.2)
-        return 0 if stop else 1
+        if not stop:
+            dead = next(p for p in procs if p.poll() is not None)
+            print(f"fcnetd-demo: {dead.args[-1] if dead is not procs[0] else 'fcnetd'} exited with "
+                  f"{dead.returncode}; stopping", file=sys.stderr)
+            return 1
+        return 0
     finally:
         for proc in reversed(procs):
             if proc.poll() is None:

@@ -1,0 +1,371 @@
+"""fcnetd-webui: aiohttp server, JSON API, server-sent events, users CLI."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import getpass
+import json
+import logging
+import os
+import secrets
+import sys
+
+from aiohttp import web
+
+from fcnetd.model import auto_name
+from . import config as configmod, pages
+from .hosts import DBusError, Host, variant
+from .sessions import Sessions
+from .users import ROLES, UserError, UserStore
+
+log = logging.getLogger("fcnetd-webui")
+STATIC = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+COOKIE = "fcnetd_session"
+LOGIN_COOKIE = "fcnetd_login"
+PAGE_SIZE = 50
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
+HTTP_STATUS = {"InvalidArgs": 400, "NetworkExists": 409, "NetworkInUse": 409, "NoSuchNetwork": 404,
+               "BridgeNotAllowed": 400, "BridgeNotFound": 400, "VlanUnsupported": 400, "AccessDenied": 403}
+
+
+def error_name(e: DBusError) -> str:
+    return (e.type or "").rsplit(".", 1)[-1]
+
+
+class App:
+    def __init__(self, cfg: configmod.WebConfig, buses: list[str] | None = None):
+        self.cfg = cfg
+        self.users = UserStore(cfg.users)
+        self.sessions = Sessions()
+        hosts = cfg.hosts or {"": buses[0] if buses else "system"}
+        if buses and not cfg.hosts:
+            hosts = {"": buses[0]}
+        self.hosts = [Host(label, bus, self._changed) for label, bus in hosts.items()]
+        self.listeners: set[asyncio.Queue] = set()
+
+    # -- infrastructure ---------------------------------------------------
+    def _changed(self, event: dict) -> None:
+        for q in list(self.listeners):
+            if q.qsize() < 1000:
+                q.put_nowait(event)
+
+    def host(self, name: str) -> Host:
+        for h in self.hosts:
+            if h.name == name:
+                return h
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no host {name!r}"}), content_type="application/json")
+
+    def session(self, request):
+        return self.sessions.get(request.cookies.get(COOKIE))
+
+    def secure_cookies(self, request) -> bool:
+        return request.secure or request.host.split(":")[0] not in ("127.0.0.1", "localhost", "[::1]")
+
+    @web.middleware
+    async def headers(self, request, handler):
+        try:
+            resp = await handler(request)
+        except web.HTTPException as e:
+            resp = e
+        resp.headers["Content-Security-Policy"] = CSP
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        resp.headers["Referrer-Policy"] = "no-referrer"
+        resp.headers["X-Frame-Options"] = "DENY"
+        if request.path.startswith("/api/") or request.path in ("/login", "/networks") or \
+                request.path.startswith("/networks/"):
+            resp.headers.setdefault("Cache-Control", "no-store")
+        if isinstance(resp, web.HTTPException):
+            raise resp
+        return resp
+
+    @web.middleware
+    async def guard(self, request, handler):
+        """Sign-in for everything but the login page and static files; CSRF
+        and the admin role for every request that changes something."""
+        path = request.path
+        if path in ("/login", "/favicon.ico") or path.startswith("/static/"):
+            return await handler(request)
+        s = self.session(request)
+        if s is None:
+            if path.startswith("/api/"):
+                return web.json_response({"error": "sign in first"}, status=401)
+            raise web.HTTPSeeOther("/login")
+        request["session"] = s
+        if request.method not in ("GET", "HEAD"):
+            token = request.headers.get("X-CSRF-Token")
+            if token is None and request.content_type == "application/x-www-form-urlencoded":
+                token = (await request.post()).get("csrf")
+            if not s.csrf_ok(token):
+                return web.json_response({"error": "missing or wrong CSRF token"}, status=403)
+            if path.startswith("/api/") and not s.admin:
+                return web.json_response({"error": "viewers cannot change networks"}, status=403)
+        return await handler(request)
+
+    # -- pages ------------------------------------------------------------
+    def _login_form(self, request, error: str = "", status: int = 200) -> web.Response:
+        # Double-submit token: the form and a cookie must carry the same value.
+        # An existing token is kept, so a second tab or a stray request for
+        # the page does not invalidate a form already shown.
+        token = request.cookies.get(LOGIN_COOKIE) or secrets.token_urlsafe(24)
+        resp = web.Response(text=pages.login(error, token), content_type="text/html", status=status)
+        resp.set_cookie(LOGIN_COOKIE, token, httponly=True, samesite="Strict", secure=self.secure_cookies(request))
+        return resp
+
+    async def login_page(self, request):
+        if self.session(request):
+            raise web.HTTPSeeOther("/networks")
+        return self._login_form(request)
+
+    async def login(self, request):
+        form = await request.post()
+        token = form.get("csrf", "")
+        if not token or not secrets.compare_digest(token, request.cookies.get(LOGIN_COOKIE, "")):
+            return self._login_form(request, "Your sign-in form expired; try again.", 403)
+        name, password = form.get("username", ""), form.get("password", "")
+        role = await asyncio.to_thread(self.users.authenticate, name, password)
+        if role is None:
+            log.info("failed sign-in for %r", name[:64])
+            return self._login_form(request, "Wrong user name or password.", 401)
+        sid, _ = self.sessions.create(name, role)
+        resp = web.HTTPSeeOther("/networks")
+        resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=self.secure_cookies(request),
+                        path="/")
+        resp.del_cookie(LOGIN_COOKIE)
+        log.info("%s signed in (%s)", name, role)
+        raise resp
+
+    async def logout(self, request):
+        self.sessions.end(request.cookies.get(COOKIE))
+        resp = web.HTTPSeeOther("/login")
+        resp.del_cookie(COOKIE, path="/")
+        raise resp
+
+    async def favicon(self, request):
+        return web.Response(status=204)
+
+    async def root(self, request):
+        raise web.HTTPSeeOther("/networks")
+
+    async def networks_page(self, request):
+        return web.Response(text=pages.networks(request["session"]), content_type="text/html")
+
+    async def network_page(self, request):
+        return web.Response(text=pages.network(request["session"], request.match_info["host"],
+                                               request.match_info["id"]), content_type="text/html")
+
+    # -- API --------------------------------------------------------------
+    async def api_networks(self, request):
+        q = request.query
+        search = q.get("search", "").strip().lower()
+        kind = q.get("type", "")
+        if kind not in ("", "bridge", "vlan"):
+            return web.json_response({"error": "type: must be bridge or vlan"}, status=400)
+        sort = q.get("sort", "created")
+        order = q.get("order", "desc")
+        try:
+            page = max(1, int(q.get("page", "1")))
+            size = min(500, max(1, int(q.get("size", str(PAGE_SIZE)))))
+        except ValueError:
+            return web.json_response({"error": "page and size must be numbers"}, status=400)
+        items = []
+        for h in self.hosts:
+            for n in h.networks.values():
+                if kind and n["type"] != kind:
+                    continue
+                if search and search not in n["name"].lower() and search not in n["bridge"].lower() \
+                        and search != str(n["vlan"]) and search not in n["description"].lower():
+                    continue
+                items.append(n)
+        key = (lambda n: (n["vm_count"], n["created"])) if sort == "vms" else (lambda n: n["created"])
+        items.sort(key=key, reverse=(order != "asc"))
+        total = len(items)
+        start = (page - 1) * size
+        return web.json_response({
+            "total": total, "all": sum(len(h.networks) for h in self.hosts), "page": page, "size": size,
+            "pages": max(1, -(-total // size)), "items": items[start:start + size],
+            "hosts": [{"name": h.name, "error": h.error} for h in self.hosts]})
+
+    async def api_network(self, request):
+        h = self.host(request.match_info["host"])
+        try:
+            (net,) = await h.m("GetNetwork", "s", request.match_info["id"])
+        except DBusError as e:
+            return self._dbus_error(e)
+        return web.json_response({
+            "id": net["Id"], "name": net["Name"], "bridge": net["Bridge"], "vlan": net["Vlan"],
+            "type": net["Type"], "status": net["Status"], "created": net["Created"], "origin": net["Origin"],
+            "description": net["Description"], "host": h.name, "vm_count": net["VmCount"],
+            "vms": [{"vm_id": v["VmId"], "vm_name": v["VmName"], "nic": v["Nic"], "mac": v["Mac"],
+                     "state": v["State"], "tap": v["Tap"], "attached": v["Attached"]} for v in net["Vms"]]})
+
+    async def api_bridges(self, request):
+        h = self.host(request.query.get("host", self.hosts[0].name))
+        try:
+            (bridges,) = await h.m("ListBridges")
+        except DBusError as e:
+            return self._dbus_error(e)
+        return web.json_response({"host": h.name, "bridges": [b["Name"] for b in bridges]})
+
+    async def api_create(self, request):
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            return web.json_response({"error": "the request body must be JSON"}, status=400)
+        h = self.host(body.get("host") or self.hosts[0].name)
+        name, bridge = body.get("name") or "", body.get("bridge") or ""
+        vlan = body.get("vlan")
+        if vlan in (None, ""):
+            vlan = 0
+        if isinstance(vlan, str) and vlan.strip().isdigit():
+            vlan = int(vlan)
+        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4094:
+            return web.json_response({"error": f"vlan: {vlan!r} is out of range: empty (untagged) or 1-4094",
+                                      "field": "vlan"}, status=400)
+        if not isinstance(name, str) or not isinstance(bridge, str):
+            return web.json_response({"error": "name and bridge must be text"}, status=400)
+        opts = {}
+        if body.get("description"):
+            opts["description"] = variant("s", str(body["description"]))
+        try:
+            (path,) = await h.m("CreateNetwork", "ssqa{sv}", name, bridge, vlan, opts)
+        except DBusError as e:
+            return self._dbus_error(e)
+        log.info("%s created network %s on %s", request["session"].user, name or auto_name(bridge, vlan), h.name)
+        return web.json_response({"path": path, "name": name or auto_name(bridge, vlan)}, status=201)
+
+    async def api_delete(self, request):
+        h = self.host(request.match_info["host"])
+        try:
+            await h.m("DeleteNetwork", "s", request.match_info["id"])
+        except DBusError as e:
+            return self._dbus_error(e)
+        log.info("%s deleted network %s on %s", request["session"].user, request.match_info["id"], h.name)
+        return web.json_response({"deleted": request.match_info["id"]})
+
+    def _dbus_error(self, e: DBusError):
+        name = error_name(e)
+        field = e.text.split(":", 1)[0] if name == "InvalidArgs" and ":" in e.text else ""
+        status = HTTP_STATUS.get(name, 502)
+        return web.json_response({"error": e.text, "code": name, "field": field}, status=status)
+
+    async def api_events(self, request):
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+        await resp.prepare(request)
+        q: asyncio.Queue = asyncio.Queue()
+        self.listeners.add(q)
+        try:
+            await resp.write(b": connected\n\n")
+            while True:
+                try:
+                    event = await asyncio.wait_for(q.get(), 15)
+                    await resp.write(f"data: {json.dumps(event)}\n\n".encode())
+                except asyncio.TimeoutError:
+                    await resp.write(b": keepalive\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            pass
+        finally:
+            self.listeners.discard(q)
+        return resp
+
+    # -- assembly -----------------------------------------------------------
+    def make(self) -> web.Application:
+        app = web.Application(middlewares=[self.headers, self.guard], client_max_size=64 * 1024)
+        app.add_routes([
+            web.get("/login", self.login_page), web.post("/login", self.login), web.post("/logout", self.logout),
+            web.get("/", self.root), web.get("/favicon.ico", self.favicon), web.get("/networks", self.networks_page),
+            web.get("/networks/{host}/{id}", self.network_page),
+            web.get("/api/networks", self.api_networks), web.post("/api/networks", self.api_create),
+            web.get("/api/networks/{host}/{id}", self.api_network),
+            web.delete("/api/networks/{host}/{id}", self.api_delete),
+            web.get("/api/bridges", self.api_bridges), web.get("/api/events", self.api_events),
+            web.static("/static", STATIC),
+        ])
+        app.on_startup.append(self._start)
+        app.on_cleanup.append(self._stop)
+        return app
+
+    async def _start(self, app) -> None:
+        for h in self.hosts:
+            await h.start()
+
+    async def _stop(self, app) -> None:
+        for h in self.hosts:
+            h.close()
+
+
+def _users_cli(store: UserStore, args) -> int:
+    try:
+        if args.action == "list":
+            for name, u in sorted(store.load().items()):
+                print(f"{name}\t{u['role']}")
+            return 0
+        if args.action == "del":
+            store.delete(args.name)
+            print(f"deleted {args.name}")
+            return 0
+        if args.password_stdin:
+            password = sys.stdin.readline().rstrip("\n")
+        else:
+            password = getpass.getpass(f"password for {args.name}: ")
+            if getpass.getpass("again: ") != password:
+                print("fcnetd-webui: passwords differ", file=sys.stderr)
+                return 1
+        if args.action == "add":
+            store.add(args.name, password, args.role)
+            print(f"added {args.name} ({args.role})")
+        else:
+            store.passwd(args.name, password)
+            print(f"password of {args.name} changed")
+        return 0
+    except UserError as e:
+        print(f"fcnetd-webui: {e}", file=sys.stderr)
+        return 1
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="fcnetd-webui", description="The fcnetd web UI (talks to fcnetd over D-Bus)")
+    p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH}, optional)")
+    p.add_argument("--bus", help="system, session or a D-Bus address (one host; default system)")
+    p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
+    p.add_argument("--users", help="users file (default /var/lib/fcnetd-webui/users.json)")
+    sub = p.add_subparsers(dest="cmd")
+    u = sub.add_parser("user", help="manage sign-in users")
+    u.add_argument("action", choices=["add", "passwd", "del", "list"])
+    u.add_argument("name", nargs="?")
+    u.add_argument("--role", choices=ROLES, default="viewer")
+    u.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("FCNETD_LOG", "INFO"), format="%(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = configmod.load(args.config)
+    except configmod.ConfigError as e:
+        print(f"fcnetd-webui: {e}", file=sys.stderr)
+        return 1
+    if args.users:
+        cfg = configmod.WebConfig(cfg.listen, args.users, cfg.hosts)
+    if args.cmd == "user":
+        if args.action != "list" and not args.name:
+            p.error("user add|passwd|del need a NAME")
+        return _users_cli(UserStore(cfg.users), args)
+    listen = args.listen or cfg.listen
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit():
+        print(f"fcnetd-webui: --listen: {listen!r} must be HOST:PORT", file=sys.stderr)
+        return 1
+    if not UserStore(cfg.users).load():
+        print(f"fcnetd-webui: no users in {cfg.users}; add one: fcnetd-webui user add NAME --role admin",
+              file=sys.stderr)
+    app = App(cfg, [args.bus] if args.bus else None)
+    try:
+        web.run_app(app.make(), host=host.strip("[]"), port=int(port), print=None, access_log=None,
+                    handle_signals=True)
+    except (DBusError, OSError) as e:
+        print(f"fcnetd-webui: cannot start: {getattr(e, 'text', e)}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

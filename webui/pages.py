@@ -1,0 +1,125 @@
+"""HTML shells. Data is filled in by static/app.js from the JSON API; no
+inline script or style anywhere, so the Content-Security-Policy can forbid them."""
+
+from __future__ import annotations
+
+from html import escape
+
+
+def layout(title: str, body: str, session=None, page: str = "") -> str:
+    user = ""
+    meta = ""
+    if session is not None:
+        meta = (f'<meta name="csrf-token" content="{escape(session.csrf)}">'
+                f'<meta name="user-role" content="{escape(session.role)}">')
+        user = (f'<div class="user"><span class="who">{escape(session.user)} '
+                f'<span class="role">{escape(session.role)}</span></span>'
+                f'<form method="post" action="/logout"><input type="hidden" name="csrf" value="{escape(session.csrf)}">'
+                f'<button type="submit" class="link" id="sign-out">Sign out</button></form></div>')
+    nav = ""
+    if session is not None:
+        nav = ('<nav class="sidebar" aria-label="Main"><div class="brand">fcnetd</div>'
+               '<a href="/networks" class="active" aria-current="page">Networks</a></nav>')
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{escape(title)} · fcnetd</title>{meta}
+<link rel="icon" href="data:,"><link rel="stylesheet" href="/static/app.css"><script src="/static/app.js" defer></script></head>
+<body data-page="{escape(page)}">{nav}<main>{user}{body}</main>
+<div id="toasts" role="status" aria-live="polite"></div></body></html>"""
+
+
+def login(error: str = "", csrf: str = "") -> str:
+    err = f'<p class="error" role="alert">{escape(error)}</p>' if error else ""
+    return layout("Sign in", f"""
+<section class="login card">
+  <h1>Sign in to fcnetd</h1>{err}
+  <form method="post" action="/login">
+    <input type="hidden" name="csrf" value="{escape(csrf)}">
+    <label for="username">User name</label>
+    <input id="username" name="username" autocomplete="username" required autofocus>
+    <label for="password">Password</label>
+    <input id="password" name="password" type="password" autocomplete="current-password" required>
+    <button type="submit" class="primary">Sign in</button>
+  </form>
+</section>""", page="login")
+
+
+def networks(session) -> str:
+    create = ('<button id="create-open" class="primary" type="button">Create Network</button>'
+              if session.admin else "")
+    return layout("Networks", f"""
+<header class="page-head">
+  <div><h1>Networks <span id="count" class="count" aria-label="network count"></span></h1>
+  <p class="sub">Bridges and VLANs that connect your VMs. Networks appear here automatically when a VM is attached.</p></div>
+  {create}
+</header>
+<div class="toolbar" role="search">
+  <label class="sr" for="search">Search networks</label>
+  <input id="search" type="search" placeholder="Search by name, bridge or VLAN">
+  <label class="sr" for="type">Type</label>
+  <select id="type"><option value="">All types</option><option value="bridge">Bridge</option><option value="vlan">VLAN</option></select>
+</div>
+<div id="host-error" class="error" hidden></div>
+<table class="grid" id="networks">
+  <thead><tr>
+    <th scope="col">Network Name</th><th scope="col" class="host-col" hidden>Host</th>
+    <th scope="col">Bridge</th><th scope="col">VLAN ID</th>
+    <th scope="col" aria-sort="none"><button type="button" id="sort-vms" class="sort">Attached VMs <span aria-hidden="true">↕</span></button></th>
+    <th scope="col">Created</th><th scope="col"><span class="sr">Actions</span></th>
+  </tr></thead>
+  <tbody></tbody>
+</table>
+<p id="empty" class="empty" hidden>No networks match.</p>
+<nav class="pager" aria-label="Pages"><button type="button" id="prev">Previous</button>
+  <span id="page-info"></span><button type="button" id="next">Next</button></nav>
+
+<dialog id="create-dialog" aria-labelledby="create-title">
+  <form id="create-form" novalidate>
+    <h2 id="create-title">Create Network</h2>
+    <label for="c-name">Network name</label>
+    <input id="c-name" name="name" placeholder="fcbr0" maxlength="63" pattern="[A-Za-z0-9][A-Za-z0-9._\\-]*">
+    <p class="hint">Leave empty for the automatic name: bridge or bridge-vlan-ID.</p>
+    <label for="c-host">Host</label>
+    <select id="c-host" name="host"></select>
+    <label for="c-bridge">Bridge</label>
+    <select id="c-bridge" name="bridge" required></select>
+    <label for="c-vlan">VLAN ID (optional)</label>
+    <input id="c-vlan" name="vlan" type="number" min="1" max="4094" inputmode="numeric" placeholder="None">
+    <p class="hint">1–4094; empty for an untagged network. 4095 is reserved.</p>
+    <label for="c-description">Description (optional)</label>
+    <input id="c-description" name="description" maxlength="256">
+    <p id="create-error" class="error" role="alert" hidden></p>
+    <div class="actions"><button type="button" class="cancel">Cancel</button>
+      <button type="submit" class="primary">Create Network</button></div>
+  </form>
+</dialog>
+
+<dialog id="delete-dialog" aria-labelledby="delete-title">
+  <form method="dialog" id="delete-form">
+    <h2 id="delete-title">Delete Network</h2>
+    <p id="delete-text"></p>
+    <p id="delete-error" class="error" role="alert" hidden></p>
+    <div class="actions"><button type="button" class="cancel">Cancel</button>
+      <button type="submit" class="danger" id="delete-confirm">Delete</button></div>
+  </form>
+</dialog>""", session, page="networks")
+
+
+def network(session, host: str, net_id: str) -> str:
+    return layout("Network", f"""
+<p><a href="/networks">← Networks</a></p>
+<div id="detail" data-host="{escape(host)}" data-id="{escape(net_id)}">
+  <h1 id="d-name">Network</h1>
+  <p id="d-gone" class="error" role="alert" hidden>This network was deleted.</p>
+  <dl class="facts">
+    <dt>Bridge</dt><dd id="d-bridge"></dd><dt>VLAN ID</dt><dd id="d-vlan"></dd>
+    <dt>Status</dt><dd id="d-status"></dd><dt>Created</dt><dd id="d-created"></dd>
+    <dt>Origin</dt><dd id="d-origin"></dd><dt>Host</dt><dd id="d-host"></dd>
+    <dt>Network ID</dt><dd id="d-id" class="mono"></dd><dt>Description</dt><dd id="d-description"></dd>
+  </dl>
+  <h2>VMs using this network <span id="d-count" class="count"></span></h2>
+  <table class="grid" id="vms"><thead><tr><th scope="col">VM</th><th scope="col">VM ID</th><th scope="col">NIC</th>
+    <th scope="col">MAC</th><th scope="col">State</th><th scope="col">TAP device</th><th scope="col">Attached</th></tr></thead>
+    <tbody></tbody></table>
+  <p id="no-vms" class="empty" hidden>No VMs are attached. The network can be deleted.</p>
+</div>""", session, page="network")

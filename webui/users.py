@@ -1,0 +1,113 @@
+"""Local users of the web UI: scrypt password hashes and a role, in one JSON
+file written atomically."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+
+ROLES = ("admin", "viewer")
+_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+# scrypt cost: 2^15 * 8 * 128 B = 32 MiB and ~50 ms a check, as OWASP suggests
+N, R, P = 2**15, 8, 1
+MAXMEM = 64 * 1024 * 1024
+
+
+class UserError(Exception):
+    pass
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode(), salt=salt, n=N, r=R, p=P, maxmem=MAXMEM)
+    return f"scrypt${N}${R}${P}${base64.b64encode(salt).decode()}${base64.b64encode(digest).decode()}"
+
+
+def verify_password(password: str, stored: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = stored.split("$")
+        if scheme != "scrypt":
+            return False
+        got = hashlib.scrypt(password.encode(), salt=base64.b64decode(salt), n=int(n), r=int(r),
+                             p=int(p), maxmem=MAXMEM)
+        return hmac.compare_digest(got, base64.b64decode(digest))
+    except (ValueError, TypeError):
+        return False
+
+
+# Compared against when the user does not exist, so a wrong name costs the same time.
+_DUMMY = hash_password(secrets.token_hex(8))
+
+
+class UserStore:
+    def __init__(self, path: str):
+        self.path = path
+
+    def load(self) -> dict[str, dict]:
+        try:
+            with open(self.path) as f:
+                return json.load(f).get("users", {})
+        except FileNotFoundError:
+            return {}
+
+    def _save(self, users: dict) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        tmp = f"{self.path}.tmp.{os.getpid()}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump({"users": users}, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        if os.path.exists(self.path):
+            st = os.stat(self.path)
+            os.chown(tmp, st.st_uid, st.st_gid)
+        os.rename(tmp, self.path)
+
+    @staticmethod
+    def check_name(name: str) -> str:
+        if not _NAME.match(name or ""):
+            raise UserError(f"name: {name!r} must be 1-32 characters of a-z 0-9 _ . -, starting with a letter")
+        return name
+
+    @staticmethod
+    def check_password(password: str) -> str:
+        if len(password) < 10:
+            raise UserError("password: must be at least 10 characters")
+        return password
+
+    def add(self, name: str, password: str, role: str) -> None:
+        users = self.load()
+        self.check_name(name)
+        if name in users:
+            raise UserError(f"user {name} exists (use passwd to change the password)")
+        if role not in ROLES:
+            raise UserError(f"role: must be one of {', '.join(ROLES)}")
+        users[name] = {"hash": hash_password(self.check_password(password)), "role": role}
+        self._save(users)
+
+    def passwd(self, name: str, password: str) -> None:
+        users = self.load()
+        if name not in users:
+            raise UserError(f"no user {name}")
+        users[name]["hash"] = hash_password(self.check_password(password))
+        self._save(users)
+
+    def delete(self, name: str) -> None:
+        users = self.load()
+        if users.pop(name, None) is None:
+            raise UserError(f"no user {name}")
+        self._save(users)
+
+    def authenticate(self, name: str, password: str) -> str | None:
+        """The user's role if the password is right, else None."""
+        user = self.load().get(name)
+        if user is None:
+            verify_password(password, _DUMMY)
+            return None
+        return user["role"] if verify_password(password, user["hash"]) else None
