@@ -15,7 +15,7 @@ from aiohttp import web
 
 from fcnetd.model import auto_name
 from . import config as configmod, pages
-from .hosts import DBusError, Host, variant
+from .hosts import DBusError, Host, explain, variant
 from .sessions import Sessions
 from .users import ROLES, UserError, UserStore
 
@@ -248,7 +248,7 @@ class App:
         name = error_name(e)
         field = e.text.split(":", 1)[0] if name == "InvalidArgs" and ":" in e.text else ""
         status = HTTP_STATUS.get(name, 502)
-        return web.json_response({"error": e.text, "code": name, "field": field}, status=status)
+        return web.json_response({"error": explain(e), "code": name, "field": field}, status=status)
 
     async def api_events(self, request):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
@@ -359,8 +359,9 @@ def main(argv=None) -> int:
               file=sys.stderr)
     app = App(cfg, [args.bus] if args.bus else None)
     try:
+        # open event streams would hold a graceful stop for a minute by default
         web.run_app(app.make(), host=host.strip("[]"), port=int(port), print=None, access_log=None,
-                    handle_signals=True)
+                    handle_signals=True, shutdown_timeout=1.0)
     except (DBusError, OSError) as e:
         print(f"fcnetd-webui: cannot start: {getattr(e, 'text', e)}", file=sys.stderr)
         return 1

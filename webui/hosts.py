@@ -56,7 +56,7 @@ class Host:
             self.by_path = {e["path"]: e["id"] for e in self.networks.values()}
             self.error = ""
         except DBusError as e:
-            self.error = e.text
+            self.error = explain(e)
             log.warning("host %s: %s", self.label or self.bus_address, e.text)
         self._on_change({"host": self.name, "kind": "resync"})
 
@@ -103,8 +103,17 @@ class Host:
             self.conn.disconnect()
 
 
+def explain(e: DBusError) -> str:
+    """A D-Bus error as a person should read it."""
+    if (e.type or "").endswith(".AccessDenied"):
+        return "access denied by fcnetd's D-Bus policy: the web UI's user must be in group fcnet"
+    if (e.type or "") in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
+        return "fcnetd is not running on this host's bus"
+    return e.text
+
+
 def variant(sig: str, value) -> Variant:
     return Variant(sig, value)
 
 
-__all__ = ["Host", "DBusError", "variant", "Message"]
+__all__ = ["Host", "DBusError", "explain", "variant", "Message"]
