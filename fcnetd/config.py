@@ -78,18 +78,26 @@ def parse(data: dict, path: str = "") -> Config:
     return Config(host=host, state_dir=state_dir, metrics=metrics, bridges=bridges, path=path)
 
 
-def load(path: str | None) -> Config:
-    """Reads the file; a missing default file means the embedded default."""
-    target = path or DEFAULT_PATH
+def read_toml(path: str | None, default_path: str) -> tuple[dict | None, str]:
+    """(data, path read); data None when the default file is absent. A file
+    named explicitly must exist."""
+    target = path or default_path
     try:
         with open(target, "rb") as f:
-            data = tomllib.load(f)
+            return tomllib.load(f), target
     except FileNotFoundError:
         if path:
             raise ConfigError(f"{target}: no such file") from None
-        return parse({}, "")
+        return None, target
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{target}: {e}") from None
+
+
+def load(path: str | None) -> Config:
+    """Reads the file; a missing default file means the embedded default."""
+    data, target = read_toml(path, DEFAULT_PATH)
+    if data is None:
+        return parse({}, "")
     try:
         return parse(data, target)
     except ConfigError as e:

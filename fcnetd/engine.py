@@ -171,6 +171,15 @@ class Engine:
                         wanted.setdefault(net.vlan, set())
                 await self.netlink.set_port_vlans(index, wanted, f"uplink {cfg.uplink}")
 
+    async def _persist(self, undo) -> None:
+        """Writes the registry; if that fails, undoes the change in memory so
+        memory and disk agree, and lets the caller see the error."""
+        try:
+            await self.registry.commit()
+        except E.FcnetError:
+            undo()
+            raise
+
     # -- networks ----------------------------------------------------------
     async def create_network(self, name: str, bridge: str, vlan: int, description: str = "",
                              origin: str = "manual") -> Network:
@@ -185,11 +194,7 @@ class Engine:
         self._check_free(name, bridge, vlan)  # the await above let others in
         net = Network.new(name, bridge, vlan, self.host, origin, description)
         self.registry.add_network(net)
-        try:
-            await self.registry.commit()
-        except E.FcnetError:
-            self.registry.remove_network(net)
-            raise
+        await self._persist(lambda: self.registry.remove_network(net))
         log.info("network %s created (%s, bridge %s, vlan %s)", net.name, origin, bridge, vlan or "none")
         self.on_network_added(net)
         if vlan:
@@ -233,11 +238,7 @@ class Engine:
             raise E.NetworkInUse(
                 f"Network has {count} attached VM{'s' if count != 1 else ''}. Remove VMs first.")
         self.registry.remove_network(net)
-        try:
-            await self.registry.commit()
-        except E.FcnetError:
-            self.registry.add_network(net)
-            raise
+        await self._persist(lambda: self.registry.add_network(net))
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
         self.on_network_removed(net)
         if net.vlan:
@@ -261,11 +262,7 @@ class Engine:
             raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching")
         att = Attachment(vm_id, nic, net.id, vm_name, mac)
         self.registry.add_attachment(att)
-        try:
-            await self.registry.commit()
-        except E.FcnetError:
-            self.registry.remove_attachment(att)
-            raise
+        await self._persist(lambda: self.registry.remove_attachment(att))
         self.on_network_changed(net)
         return net
 
@@ -288,11 +285,7 @@ class Engine:
         if self.registry.attachments.get(att.key) is not att:
             return  # a concurrent DetachVm finished first
         self.registry.remove_attachment(att)
-        try:
-            await self.registry.commit()
-        except E.FcnetError:
-            self.registry.add_attachment(att)
-            raise
+        await self._persist(lambda: self.registry.add_attachment(att))
         self._tap_locks.pop(att.key, None)
         net = self.registry.networks.get(att.network_id)
         if net is not None:

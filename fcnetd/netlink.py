@@ -137,14 +137,19 @@ class Netlink:
             self.ipr.close()
 
     # -- bridges ---------------------------------------------------------
-    async def bridge(self, name: str) -> BridgeState | None:
+    async def _link(self, name: str, what: str):
+        """The link message of `name`, or None if there is no such device."""
         try:
-            msgs = await self._rt("link", "get", ifname=name)
+            return (await self._rt("link", "get", ifname=name))[0]
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
-            raise _translate(e, f"bridge {name}") from e
-        msg = msgs[0]
+            raise _translate(e, f"{what} {name}") from e
+
+    async def bridge(self, name: str) -> BridgeState | None:
+        msg = await self._link(name, "bridge")
+        if msg is None:
+            return None
         if msg.get(("linkinfo", "kind")) != "bridge":
             raise BridgeNotFound(f"bridge {name}: {name} exists but is not a bridge")
         return _bridge_state(msg)
@@ -243,15 +248,6 @@ class Netlink:
             if tap is not None and msg.get(("linkinfo", "kind")) == "tun":
                 found[(tap.vm_id, tap.nic)] = tap
         return found
-
-    async def tap(self, name: str) -> TapState | None:
-        try:
-            msgs = await self._rt("link", "get", ifname=name)
-        except NetlinkError as e:
-            if e.code == errno.ENODEV:
-                return None
-            raise _translate(e, f"tap {name}") from e
-        return _tap_state(msgs[0])
 
     async def link_index(self, name: str) -> int | None:
         found = await self._rt("link_lookup", ifname=name)

@@ -15,14 +15,11 @@ Without hosts, one host on the local system bus.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field
 
+from fcnetd.config import ConfigError, read_toml
+
 DEFAULT_PATH = "/etc/fcnetd/webui.toml"
-
-
-class ConfigError(Exception):
-    pass
 
 
 @dataclass(frozen=True)
@@ -33,16 +30,9 @@ class WebConfig:
 
 
 def load(path: str | None) -> WebConfig:
-    target = path or DEFAULT_PATH
-    try:
-        with open(target, "rb") as f:
-            data = tomllib.load(f)
-    except FileNotFoundError:
-        if path:
-            raise ConfigError(f"{target}: no such file") from None
+    data, target = read_toml(path, DEFAULT_PATH)
+    if data is None:
         return WebConfig()
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"{target}: {e}") from None
     if extra := set(data) - {"listen", "users", "hosts"}:
         raise ConfigError(f"{target}: unknown key(s) {sorted(extra)}")
     hosts = {}

@@ -3,6 +3,8 @@ import shutil
 
 import pytest
 
+from tests.prereq import require
+
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                          "artifacts", "browser")
@@ -27,12 +29,7 @@ def _missing():
 
 @pytest.fixture(scope="session")
 def browser():
-    missing = _missing()
-    if missing:
-        msg = "BROWSER TIER NOT RUN, missing: " + "; ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require("browser", _missing())
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)

@@ -17,6 +17,8 @@ import tempfile
 
 import pytest
 
+from tests.prereq import require
+
 pytestmark = pytest.mark.kernel
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -56,12 +58,7 @@ def _missing() -> list[str]:
 
 @pytest.fixture(scope="module")
 def guest_results():
-    missing = _missing()
-    if missing:
-        msg = "KERNEL TIER NOT RUN, missing: " + "; ".join(missing)
-        if os.environ.get("CI"):
-            pytest.fail(msg, pytrace=False)
-        pytest.skip(msg)
+    require("kernel", _missing())
     rwdir = tempfile.mkdtemp(prefix="fcnetd-kernel-")
     out = os.path.join(rwdir, "results.json")
     guest_cmd = (f"modprobe tun && modprobe bridge && modprobe 8021q && ip netns add kt && "

@@ -5,6 +5,7 @@ import shutil
 import pytest
 
 from fcnetd.testbus import PrivateBus
+from tests.prereq import require
 
 from .harness import Client, Daemon, Netns
 
@@ -29,11 +30,7 @@ def _prerequisites():
         grp.getgrnam("fcnet")
     except KeyError:
         problems.append("group fcnet is missing (groupadd --system fcnet, as .ci/run does)")
-    if problems:
-        msg = "; ".join(problems)
-        if os.environ.get("CI"):
-            pytest.fail(f"system tier prerequisites missing in CI: {msg}", pytrace=False)
-        pytest.skip(f"SYSTEM TIER NOT RUN: {msg}", allow_module_level=True)
+    require("system", problems)
 
 
 @pytest.fixture
