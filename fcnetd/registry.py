@@ -154,6 +154,7 @@ class Registry:
 
     # -- loading -------------------------------------------------------
     def load(self) -> None:
+        self._remove_stale_temp_files()
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
@@ -163,6 +164,14 @@ class Registry:
         except UnicodeDecodeError:
             raise RegistryError(f"{self.path} is not UTF-8 text; fix or move it aside") from None
         self.replace(parse(text, self.path))
+
+    def _remove_stale_temp_files(self) -> None:
+        """A daemon killed mid-write leaves its temp file; the lock we hold
+        proves no writer is alive, and the real file was never touched."""
+        prefix = FILENAME + ".tmp."
+        for name in os.listdir(self.state_dir):
+            if name.startswith(prefix):
+                os.unlink(os.path.join(self.state_dir, name))
 
     def replace(self, snap: Snapshot) -> None:
         self.networks = {}

@@ -27,8 +27,10 @@ def _missing():
     return missing
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
+    """Per module: Playwright's sync API keeps an asyncio loop marked running
+    while it lives, which would break asyncio.run() in every later test."""
     require("browser", _missing())
     from playwright.sync_api import sync_playwright
     with sync_playwright() as p:
