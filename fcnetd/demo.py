@@ -84,7 +84,7 @@ def main(argv=None) -> int:
         print("fcnetd demo is running.")
         print(f"  D-Bus:    {bus.address}")
         print(f"  netns:    {NETNS}   (ip -n {NETNS} link)")
-        print(f"  CLI:      {' '.join(ctl[0:1])} -m fcnetd.cli --bus {bus.address} list")
+        print(f"  CLI:      {os.path.join(os.path.dirname(sys.executable), 'fcnetctl')} --bus {bus.address} list")
         print(f"  busctl:   busctl --address={bus.address} tree org.fcnetd.Network1")
         print(f"  metrics:  ip netns exec {NETNS} curl -s http://127.0.0.1:9617/metrics")
         if url:
