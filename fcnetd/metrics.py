@@ -13,7 +13,7 @@ import asyncio
 import logging
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
@@ -54,7 +54,6 @@ class Snapshot:
     registry_write_seconds: tuple  # (count, sum)
     reconcile: dict
     access_denied: int
-    extra: dict = field(default_factory=dict)
 
 
 def capture(daemon) -> dict:

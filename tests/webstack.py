@@ -36,6 +36,31 @@ def webui_command() -> list[str]:
     return [script] if os.path.exists(script) else [sys.executable, "-m", "webui.app"]
 
 
+def start_webui(users: str, log, bus: str | None = None, config: str | None = None,
+                in_fcnet: bool = True) -> tuple[subprocess.Popen, str]:
+    """fcnetd-webui as uid nobody (in group fcnet unless told otherwise),
+    once it answers on its port: (process, base URL)."""
+    port = free_port()
+    gid = grp.getgrnam("fcnet").gr_gid if in_fcnet else NOBODY
+    cmd = ["setpriv", f"--reuid={NOBODY}", f"--regid={gid}", "--clear-groups", *webui_command(),
+           "--listen", f"127.0.0.1:{port}", "--users", users]
+    cmd += ["--bus", bus] if bus else []
+    cmd += ["--config", config] if config else []
+    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env={**os.environ, "PYTHONPATH": REPO})
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            urllib.request.urlopen(url + "/login", timeout=2)
+            return proc, url
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise AssertionError(f"fcnetd-webui did not start (exit {proc.poll()})")
+            time.sleep(0.1)
+
+
 class Stack:
     def __init__(self, registry: dict | None = None, in_fcnet: bool = True):
         self.dir = tempfile.mkdtemp(prefix="fcnetd-web-")
@@ -57,24 +82,22 @@ class Stack:
                                               "--password-stdin"], input=PASSWORDS[user] + "\n", text=True,
                            check=True, capture_output=True, env={**os.environ, "PYTHONPATH": REPO})
         os.chown(self.users, NOBODY, -1)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        gid = grp.getgrnam("fcnet").gr_gid if in_fcnet else NOBODY
         self.log = open(os.path.join(self.dir, "webui.log"), "wb")
-        self.webui = subprocess.Popen(
-            ["setpriv", f"--reuid={NOBODY}", f"--regid={gid}", "--clear-groups", *webui_command(),
-             "--bus", self.bus.address, "--listen", f"127.0.0.1:{self.port}", "--users", self.users],
-            stdout=self.log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**os.environ, "PYTHONPATH": REPO})
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                urllib.request.urlopen(self.url + "/login", timeout=2)
-                break
-            except (urllib.error.URLError, ConnectionError):
-                if self.webui.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"fcnetd-webui did not start: {self.webui_output()}")
-                time.sleep(0.1)
+        self.webui, self.url = start_webui(self.users, self.log, bus=self.bus.address, in_fcnet=in_fcnet)
+
+    def second_host(self, workdir: str, bridges: str = "fcbr0") -> str:
+        """Another fcnetd (host node2) on its own bus and namespace; returns a
+        web UI config naming both hosts, readable by the web UI's user."""
+        self.ns2, self.bus2 = Netns(), PrivateBus().start()
+        cfg = os.path.join(workdir, "node2.toml")
+        with open(cfg, "w") as f:
+            f.write('[daemon]\nhost = "node2"\n' + "".join(f"[bridges.{b}]\ncreate = true\n"
+                                                           for b in bridges.split(",")))
+        self.daemon2 = Daemon(self.ns2, self.bus2, os.path.join(workdir, "state2"), cfg).start()
+        webcfg = os.path.join(self.dir, "webui.toml")
+        with open(webcfg, "w") as f:
+            f.write(f'[hosts.node1]\nbus = "{self.bus.address}"\n[hosts.node2]\nbus = "{self.bus2.address}"\n')
+        return webcfg
 
     def webui_output(self) -> str:
         self.log.flush()
@@ -84,6 +107,10 @@ class Stack:
         if self.webui.poll() is None:
             self.webui.terminate()
             self.webui.wait(10)
+        if hasattr(self, "daemon2"):
+            self.daemon2.stop()
+            self.bus2.stop()
+            self.ns2.delete()
         self.daemon.stop()
         self.bus.stop()
         self.ns.delete()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fcnetd.bus import DBusError, Message, MessageType, Variant, call, connect, unwrap
+from fcnetd.bus import DBusError, MessageType, Variant, call, connect, unwrap
 from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE
 
 log = logging.getLogger("fcnetd-webui.hosts")
@@ -116,4 +116,4 @@ def variant(sig: str, value) -> Variant:
     return Variant(sig, value)
 
 
-__all__ = ["Host", "DBusError", "explain", "variant", "Message"]
+__all__ = ["Host", "DBusError", "explain", "variant"]

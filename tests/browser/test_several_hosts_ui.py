@@ -1,15 +1,12 @@
 """With several hosts configured, the Networks page gains a Host column and
 the Create dialog a host select that lists each host's own bridges."""
 
-import os
 import subprocess
 
 import pytest
 from playwright.sync_api import expect
 
-from fcnetd.testbus import PrivateBus
-from tests.system.harness import REPO, Daemon, Netns
-from tests.webstack import NOBODY, PASSWORDS, Stack, free_port, webui_command
+from tests.webstack import PASSWORDS, Stack, start_webui
 
 pytestmark = pytest.mark.browser
 
@@ -17,35 +14,11 @@ pytestmark = pytest.mark.browser
 @pytest.fixture(scope="module")
 def two_hosts(tmp_path_factory):
     stack = Stack()
-    work = tmp_path_factory.mktemp("node2")
-    ns2, bus2 = Netns(), PrivateBus().start()
-    cfg2 = work / "node2.toml"
-    cfg2.write_text('[daemon]\nhost = "node2"\n[bridges.br7]\ncreate = true\n')
-    d2 = Daemon(ns2, bus2, str(work / "state"), str(cfg2)).start()
-    webcfg = os.path.join(stack.dir, "webui.toml")
-    with open(webcfg, "w") as f:
-        f.write(f'[hosts.node1]\nbus = "{stack.bus.address}"\n[hosts.node2]\nbus = "{bus2.address}"\n')
-    port = free_port()
-    import grp
-    proc = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={grp.getgrnam('fcnet').gr_gid}",
-                             "--clear-groups", *webui_command(), "--config", webcfg,
-                             "--listen", f"127.0.0.1:{port}", "--users", stack.users],
-                            env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    import time
-    import urllib.request
-    for _ in range(100):
-        try:
-            urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=1)
-            break
-        except OSError:
-            time.sleep(0.1)
-    yield f"http://127.0.0.1:{port}"
+    webcfg = stack.second_host(str(tmp_path_factory.mktemp("node2")), bridges="br7")
+    proc, url = start_webui(stack.users, subprocess.DEVNULL, config=webcfg)
+    yield url
     proc.terminate()
     proc.wait(10)
-    d2.stop()
-    bus2.stop()
-    ns2.delete()
     stack.close()
 
 

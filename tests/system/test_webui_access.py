@@ -2,12 +2,10 @@
 project's policy: it works in group fcnet and is refused outside it; with
 several hosts configured it shows them all."""
 
-import os
 import subprocess
+import time
 
-from tests.webstack import NOBODY, HttpUser, Stack, free_port, webui_command
-from tests.system.harness import REPO, Daemon, Netns
-from fcnetd.testbus import PrivateBus
+from tests.webstack import NOBODY, HttpUser, Stack, start_webui
 
 
 def test_webui_in_group_fcnet_works_as_an_unprivileged_user():
@@ -39,30 +37,11 @@ def test_webui_outside_group_fcnet_is_refused_by_the_bus():
 
 def test_several_hosts_are_listed_together(tmp_path):
     stack = Stack()
-    ns2, bus2 = Netns(), PrivateBus().start()
-    cfg2 = tmp_path / "node2.toml"
-    cfg2.write_text('[daemon]\nhost = "node2"\n[bridges.fcbr0]\ncreate = true\n')
-    d2 = Daemon(ns2, bus2, str(tmp_path / "state2"), str(cfg2)).start()
-    webcfg = os.path.join(stack.dir, "webui.toml")  # readable by the unprivileged user
-    with open(webcfg, "w") as f:
-        f.write(f'[hosts.node1]\nbus = "{stack.bus.address}"\n[hosts.node2]\nbus = "{bus2.address}"\n')
-    port = free_port()
-    proc = subprocess.Popen(["setpriv", f"--reuid={NOBODY}", f"--regid={NOBODY}", "--groups",
-                             str(__import__("grp").getgrnam("fcnet").gr_gid), *webui_command(),
-                             "--config", webcfg, "--listen", f"127.0.0.1:{port}", "--users", stack.users],
-                            env={**os.environ, "PYTHONPATH": REPO}, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = None
     try:
-        import time
-        import urllib.request
-        base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/login", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        user = HttpUser(base, "admin")
+        webcfg = stack.second_host(str(tmp_path))
+        proc, url = start_webui(stack.users, subprocess.DEVNULL, config=webcfg)
+        user = HttpUser(url, "admin")
         assert user.json("POST", "/api/networks", {"host": "node2", "bridge": "fcbr0", "vlan": ""})[0] == 201
         assert user.json("POST", "/api/networks", {"host": "node1", "bridge": "fcbr1", "vlan": ""})[0] == 201
         for _ in range(20):
@@ -74,9 +53,7 @@ def test_several_hosts_are_listed_together(tmp_path):
         assert [h["name"] for h in body["hosts"]] == ["node1", "node2"]
         assert user.json("GET", "/api/bridges?host=node2")[1]["bridges"] == ["fcbr0"]
     finally:
-        proc.terminate()
-        proc.wait(10)
-        d2.stop()
-        bus2.stop()
-        ns2.delete()
+        if proc is not None:
+            proc.terminate()
+            proc.wait(10)
         stack.close()
