@@ -102,6 +102,7 @@ class Netlink:
         self._sync_sockets: list[IPRoute] = []
         self._sockets_lock = threading.Lock()
 
+    EVENT_BATCH_SECONDS = 0.005
     MAX_IN_FLIGHT = 32  # requests on the async socket at once; more overran its buffer
 
     async def open(self) -> None:
@@ -297,6 +298,10 @@ class Netlink:
         try:
             while True:
                 await ready.wait()
+                # Let the request that caused these events answer first: the
+                # events are read in one batch a moment later, off the
+                # latency path of the D-Bus call in flight.
+                await asyncio.sleep(self.EVENT_BATCH_SECONDS)
                 ready.clear()
                 while True:
                     try:
