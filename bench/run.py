@@ -1,5 +1,5 @@
 """Every benchmark of fcnetd in one run; prints one table (figure, baseline,
-ratio, target) and writes the same as JSON. Run as root: sudo ./bench/run
+ratio, target) and writes the same as JSON. Run as root: ./bench/run
 
 Ratios against baselines measured in the same run are what count: these
 machines are shared and noisy, absolute figures are for orientation.

@@ -42,7 +42,7 @@ def main(argv=None) -> int:
                    help="create a few example networks and VMs (default on)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
-        print("fcnetd-demo: needs root (it creates a network namespace); run: sudo ./demo", file=sys.stderr)
+        print("fcnetd-demo: needs root (it creates a network namespace); run ./demo as root", file=sys.stderr)
         return 1
 
     work = tempfile.mkdtemp(prefix="fcnetd-demo-")

@@ -4,7 +4,7 @@ This machine's kernel has no bridge VLAN filtering, so the tier boots
 Debian's linux-image-amd64 under QEMU (TCG) with virtme-ng, once for all
 scenarios, and runs guest_checks.py there. Each scenario below asserts the
 checks the guest recorded; a failure prints which frame arrived where.
-Run just this tier: sudo ./run-tests tests/kernel
+Run just this tier: ./run-tests tests/kernel
 """
 
 import glob
