@@ -17,6 +17,7 @@ from fcnetd.model import auto_name
 from . import config as configmod, pages
 from .hosts import DBusError, Host, explain, variant
 from .sessions import Sessions
+from .throttle import SignInThrottle
 from .users import ROLES, UserError, UserStore
 
 log = logging.getLogger("fcnetd-webui")
@@ -39,6 +40,7 @@ class App:
         self.cfg = cfg
         self.users = UserStore(cfg.users)
         self.sessions = Sessions()
+        self.throttle = SignInThrottle()
         hosts = cfg.hosts or {"": buses[0] if buses else "system"}
         if buses and not cfg.hosts:
             hosts = {"": buses[0]}
@@ -124,10 +126,16 @@ class App:
         if not token or not secrets.compare_digest(token, request.cookies.get(LOGIN_COOKIE, "")):
             return self._login_form(request, "Your sign-in form expired; try again.", 403)
         name, password = form.get("username", ""), form.get("password", "")
+        addr = request.remote or "?"
+        wait = self.throttle.wait_seconds(addr, name)
+        if wait:
+            return self._login_form(request, f"Too many failed sign-ins; try again in {wait} s.", 429)
         role = await asyncio.to_thread(self.users.authenticate, name, password)
         if role is None:
-            log.info("failed sign-in for %r", name[:64])
+            self.throttle.failed(addr, name)
+            log.info("failed sign-in for %r from %s", name[:64], addr)
             return self._login_form(request, "Wrong user name or password.", 401)
+        self.throttle.succeeded(addr, name)
         sid, _ = self.sessions.create(name, role)
         resp = web.HTTPSeeOther("/networks")
         resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=self.secure_cookies(request),

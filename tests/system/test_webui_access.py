@@ -57,3 +57,26 @@ def test_several_hosts_are_listed_together(tmp_path):
             proc.terminate()
             proc.wait(10)
         stack.close()
+
+
+def test_repeated_wrong_passwords_are_throttled():
+    import re
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+    stack = Stack()
+    try:
+        jar = __import__("http.cookiejar").cookiejar.CookieJar()
+        opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+        codes = []
+        for _ in range(7):
+            page = opener.open(stack.url + "/login").read().decode()
+            token = re.search(r'name="csrf" value="([^"]+)"', page).group(1)
+            data = urllib.parse.urlencode({"csrf": token, "username": "admin", "password": "wrong-password"})
+            try:
+                opener.open(stack.url + "/login", data.encode())
+            except urllib.error.HTTPError as e:
+                codes.append((e.code, "Too many failed sign-ins" in e.read().decode()))
+        assert codes[:5] == [(401, False)] * 5 and codes[5:] == [(429, True)] * 2
+    finally:
+        stack.close()
