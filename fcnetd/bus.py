@@ -6,12 +6,11 @@ from __future__ import annotations
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
-from dbus_fast.constants import ErrorType, NameFlag, PropertyAccess, RequestNameReply
-from dbus_fast.service import ServiceInterface, dbus_property, method, signal
+from dbus_fast.constants import NameFlag, PropertyAccess, RequestNameReply
+from dbus_fast.service import ServiceInterface, dbus_property, method
 
 __all__ = ["DBusError", "Message", "MessageType", "Variant", "ServiceInterface", "dbus_property",
-           "method", "signal", "PropertyAccess", "connect", "call", "request_name", "ErrorType",
-           "unwrap"]
+           "method", "PropertyAccess", "connect", "call", "request_name", "unwrap"]
 
 
 class _RetryingSocket:

@@ -111,6 +111,13 @@ def _say(args, data, text) -> None:
     print(json.dumps(data) if args.json else text)
 
 
+def _vlan_arg(text: str) -> int:
+    # The daemon judges 1-4094; this only keeps values D-Bus type q can carry.
+    if not text.isdigit() or int(text) > 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is out of range: 0 (untagged) or 1-4094")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnetctl", description="Manage fcnetd's networks over D-Bus")
     p.add_argument("--bus", default="system", help="system, session or a D-Bus address")
@@ -123,14 +130,14 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("show", help="one network with its VMs").add_argument("network")
     c = sub.add_parser("create", help="create a network by hand")
     c.add_argument("bridge")
-    c.add_argument("--vlan", type=int, default=0, help="802.1Q VID 1-4094; 0 or none = untagged")
+    c.add_argument("--vlan", type=_vlan_arg, default=0, help="802.1Q VID 1-4094; 0 or none = untagged")
     c.add_argument("--name", default="", help="default: BRIDGE or BRIDGE-vlan-N")
     c.add_argument("--description", default="")
     sub.add_parser("delete", help="delete a network (refused while VMs are attached)").add_argument("network")
     a = sub.add_parser("attach", help="attach a VM NIC (auto-creates the network)")
     a.add_argument("vm_id")
     a.add_argument("bridge")
-    a.add_argument("--vlan", type=int, default=0)
+    a.add_argument("--vlan", type=_vlan_arg, default=0)
     a.add_argument("--nic", default="eth0")
     a.add_argument("--vm-name", default="")
     a.add_argument("--mac", default="")
@@ -151,9 +158,6 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
-    if getattr(args, "vlan", 0) is not None and not 0 <= getattr(args, "vlan", 0) <= 65535:
-        print(f"fcnetctl: vlan: {args.vlan} is out of range: 0 (untagged) or 1-4094", file=sys.stderr)
-        return 2
     try:
         return asyncio.run(_run(args))
     except DBusError as e:

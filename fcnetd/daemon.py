@@ -11,6 +11,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 
 from . import __version__, config as configmod
 from .access import AccessGate
@@ -63,7 +64,6 @@ class Daemon:
                 configmod.parse_listen(self.args.metrics, "--metrics")
             overrides["metrics"] = self.args.metrics
         if overrides:
-            from dataclasses import replace
             cfg = replace(cfg, **overrides)
         return cfg
 
@@ -133,7 +133,6 @@ class Daemon:
             return
         if new.state_dir != self.config.state_dir:
             log.warning("state_dir changes need a restart; keeping %s", self.config.state_dir)
-            from dataclasses import replace
             new = replace(new, state_dir=self.config.state_dir)
         self.config = self.engine.config = new
         self.gate.reload()

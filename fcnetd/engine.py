@@ -405,13 +405,18 @@ class Engine:
             "networks": [self.network_view(n) for n in self.list_networks()],
         }
 
-    def network_view(self, net: Network) -> dict:
-        """A network with its VMs and TAPs: what GetNetwork and Describe show."""
+    def vms_of(self, net: Network) -> list[dict]:
+        """The VM NICs on a network, each with its TAP and running/stopped."""
         vms = []
         for att in self.attachments_of(net):
             tap = self.taps.get(att.key)
             vms.append({**att.to_dict(), "tap": tap.name if tap else "",
                         "state": "running" if tap else "stopped"})
+        return vms
+
+    def network_view(self, net: Network) -> dict:
+        """A network with its VMs and TAPs, for Describe."""
+        vms = self.vms_of(net)
         return {**net.to_dict(), "type": net.kind, "status": self.status(net),
                 "vm_count": len(vms), "vms": vms, "taps": [v["tap"] for v in vms if v["tap"]]}
 

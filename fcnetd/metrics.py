@@ -60,20 +60,17 @@ def capture(daemon) -> dict:
     """Runs in the event loop: copies what the snapshot needs, nothing more."""
     engine = daemon.engine
     reg = engine.registry
-    networks = []
     tap_count: dict[str, int] = {}
-    for key, tap in engine.taps.items():
-        att = reg.attachments.get(key)
-        if att is not None:
-            tap_count[att.network_id] = tap_count.get(att.network_id, 0) + 1
-    for net in reg.networks.values():
-        networks.append((net.name, net.id, net.bridge, net.vlan, net.origin, net.host, net.kind,
-                         len(reg.by_network.get(net.id, ())), tap_count.get(net.id, 0)))
     taps = []
     for key, tap in engine.taps.items():
         att = reg.attachments.get(key)
         net = reg.networks.get(att.network_id) if att else None
+        if net is not None:
+            tap_count[net.id] = tap_count.get(net.id, 0) + 1
         taps.append((tap.name, key[0], key[1], net.name if net else "", tap.up, tap.carrier))
+    networks = [(net.name, net.id, net.bridge, net.vlan, net.origin, net.host, net.kind,
+                 len(reg.by_network.get(net.id, ())), tap_count.get(net.id, 0))
+                for net in reg.networks.values()]
     bridges = [(name, st is not None, bool(st and st.up), bool(st and st.vlan_filtering))
                for name, st in ((n, engine.bridges.get(n)) for n in engine.config.bridges)]
     stats = daemon.manager.stats

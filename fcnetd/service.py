@@ -105,7 +105,7 @@ class Summaries:
 
 
 def vm_entries(engine: Engine, net: Network) -> list[dict]:
-    view = engine.network_view(net)["vms"]
+    view = engine.vms_of(net)
     return [{"VmId": Variant("s", v["vm_id"]), "VmName": Variant("s", v["vm_name"]),
              "Nic": Variant("s", v["nic"]), "Mac": Variant("s", v["mac"]),
              "Attached": Variant("s", v["attached"]), "Tap": Variant("s", v["tap"]),

@@ -15,7 +15,9 @@ from aiohttp import web
 
 from fcnetd.model import auto_name
 from . import config as configmod, pages
-from .hosts import DBusError, Host, explain, variant
+from fcnetd.bus import Variant
+
+from .hosts import DBusError, Host, explain
 from .sessions import Sessions
 from .throttle import SignInThrottle
 from .users import ROLES, UserError, UserStore
@@ -41,9 +43,8 @@ class App:
         self.users = UserStore(cfg.users)
         self.sessions = Sessions()
         self.throttle = SignInThrottle()
+        # configured hosts, else one host on --bus (default: the system bus)
         hosts = cfg.hosts or {"": buses[0] if buses else "system"}
-        if buses and not cfg.hosts:
-            hosts = {"": buses[0]}
         self.hosts = [Host(label, bus, self._changed) for label, bus in hosts.items()]
         self.listeners: set[asyncio.Queue] = set()
 
@@ -235,7 +236,7 @@ class App:
             return web.json_response({"error": "name and bridge must be text"}, status=400)
         opts = {}
         if body.get("description"):
-            opts["description"] = variant("s", str(body["description"]))
+            opts["description"] = Variant("s", str(body["description"]))
         try:
             (path,) = await h.m("CreateNetwork", "ssqa{sv}", name, bridge, vlan, opts)
         except DBusError as e:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from fcnetd.bus import DBusError, MessageType, Variant, call, connect, unwrap
+from fcnetd.bus import DBusError, MessageType, call, connect, unwrap
 from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE
 
 log = logging.getLogger("fcnetd-webui.hosts")
@@ -112,8 +112,4 @@ def explain(e: DBusError) -> str:
     return e.text
 
 
-def variant(sig: str, value) -> Variant:
-    return Variant(sig, value)
-
-
-__all__ = ["Host", "DBusError", "explain", "variant"]
+__all__ = ["Host", "DBusError", "explain"]

@@ -20,6 +20,21 @@ TP_STATUS_VLAN_VALID = 0x10
 ETH_P_ALL = 0x0003
 
 
+def read_until(fileobj, wait: float, read_one) -> list[tuple[int | None, str]]:
+    """Everything queued now, plus what arrives within `wait` seconds; read_one
+    returns one parsed frame (or None for foreign traffic) or raises BlockingIOError."""
+    out, deadline = [], time.monotonic() + wait
+    while select.select([fileobj], [], [], max(0.0, deadline - time.monotonic()))[0]:
+        try:
+            while True:
+                got = read_one()
+                if got:
+                    out.append(got)
+        except BlockingIOError:
+            pass
+    return out
+
+
 def mac(n: int) -> bytes:
     return bytes([0x02, 0xFC, 0, 0, (n >> 8) & 0xFF, n & 0xFF])
 
@@ -56,19 +71,7 @@ class Endpoint:
         os.write(self.fd, frame(dst, self.mac, marker))
 
     def received(self, wait: float) -> list[tuple[int | None, str]]:
-        """Everything queued now, plus what arrives within `wait` seconds."""
-        out, deadline = [], time.monotonic() + wait
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            if not select.select([self.fd], [], [], left)[0]:
-                return out
-            try:
-                while True:
-                    got = parse(os.read(self.fd, 65536))
-                    if got:
-                        out.append(got)
-            except BlockingIOError:
-                pass
+        return read_until(self.fd, wait, lambda: parse(os.read(self.fd, 65536)))
 
     def drain(self) -> None:
         self.received(0.05)
@@ -91,25 +94,17 @@ class Wire:
         self.sock.send(data)
 
     def received(self, wait: float) -> list[tuple[int | None, str]]:
-        out, deadline = [], time.monotonic() + wait
-        while True:
-            left = max(0.0, deadline - time.monotonic())
-            if not select.select([self.sock], [], [], left)[0]:
-                return out
-            try:
-                while True:
-                    data, anc, _flags, _addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(20))
-                    aux_vid = None
-                    for level, kind, value in anc:
-                        if level == SOL_PACKET and kind == PACKET_AUXDATA:
-                            status, _len, _snap, _mac, _net, tci = struct.unpack("=IIIHHH", value[:18])
-                            if status & TP_STATUS_VLAN_VALID:
-                                aux_vid = tci & 0x0FFF
-                    got = parse(data, aux_vid)
-                    if got:
-                        out.append(got)
-            except BlockingIOError:
-                pass
+        return read_until(self.sock, wait, self._read_one)
+
+    def _read_one(self) -> tuple[int | None, str] | None:
+        data, anc, _flags, _addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(20))
+        aux_vid = None
+        for level, kind, value in anc:
+            if level == SOL_PACKET and kind == PACKET_AUXDATA:
+                status, _len, _snap, _mac, _net, tci = struct.unpack("=IIIHHH", value[:18])
+                if status & TP_STATUS_VLAN_VALID:
+                    aux_vid = tci & 0x0FFF
+        return parse(data, aux_vid)
 
     def close(self) -> None:
         self.sock.close()
