@@ -56,19 +56,3 @@ def test_path_labels_escape_like_sd_bus(label):
 
 def test_network_path():
     assert network_path("1a") == "/org/fcnetd/Network1/network/_31a"
-
-
-def test_link_event_parser_reads_name_flags_and_carrier():
-    import struct
-    from fcnetd.netlink import parse_link_events
-
-    def attr(t, payload):
-        raw = struct.pack("=HH", 4 + len(payload), t) + payload
-        return raw + b"\0" * (-len(raw) % 4)
-
-    def msg(mtype, family, flags, name, oper):
-        body = struct.pack("=BxHiII", family, 1, 7, flags, 0) + attr(3, name.encode() + b"\0") + attr(16, bytes([oper]))
-        return struct.pack("=LHHLL", 16 + len(body), mtype, 0, 0, 0) + body
-    data = msg(16, 0, 1, "vmtap123456", 6) + msg(17, 0, 0, "fcbr0", 2) + msg(16, 7, 1, "ignored", 6)
-    assert list(parse_link_events(data)) == [("RTM_NEWLINK", "vmtap123456", True, True),
-                                             ("RTM_DELLINK", "fcbr0", False, False)]
