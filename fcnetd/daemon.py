@@ -86,6 +86,7 @@ class Daemon:
         manager.export_all()
         self.gate = AccessGate(self.conn, manager.method_signatures())
         self.gate.install()
+        manager.install_fast_paths()  # after the gate: it checks callers first
         self.manager = manager
         if not await request_name(self.conn, BUS_NAME):
             raise SystemExit(f"fcnetd: the bus name {BUS_NAME} is owned by another process")

@@ -39,12 +39,13 @@ class Stats:
 
 class Engine:
     def __init__(self, config: Config, registry: Registry, netlink: Netlink):
+        self._version = 0
         self.config = config
         self.registry = registry
         self.netlink = netlink
         self.taps: dict[tuple[str, str], TapState] = {}
         self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
-        self.bridges: dict[str, BridgeState | None] = {}
+        self._bridges: dict[str, BridgeState | None] = {}
         self._tap_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
         self._uplink_lock = asyncio.Lock()
         self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
@@ -59,6 +60,31 @@ class Engine:
     @property
     def host(self) -> str:
         return self.config.host
+
+    # -- what summaries show: networks, VM counts, status ----------------------
+    @property
+    def config(self) -> Config:
+        return self._config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self._config = config
+        self._version += 1  # the allow-list decides a network's status
+
+    @property
+    def bridges(self) -> dict[str, BridgeState | None]:
+        return self._bridges  # read-only use; set_bridge() changes it
+
+    def set_bridge(self, name: str, state: BridgeState | None) -> None:
+        if self._bridges.get(name, False) != state:
+            self._version += 1
+        self._bridges[name] = state
+
+    @property
+    def version(self) -> tuple[int, int]:
+        """Changes whenever a network's summary (fields, VM count, status)
+        may have changed, so a cached list can tell it is still good."""
+        return (self.registry.version, self._version)
 
     # -- lookups -----------------------------------------------------------
     def find_network(self, ref: str) -> Network:
@@ -134,22 +160,23 @@ class Engine:
             state = await asyncio.shield(task)
         finally:
             del self._preparing[key]
-        self.bridges[bridge] = state
+        self.set_bridge(bridge, state)
         return state
 
     def bridge_event(self, bridge: str, deleted: bool, up: bool) -> bool:
         """A link event for an allowed bridge; True if its state must be read again."""
         state = self.bridges.get(bridge)
         if deleted:
-            self.bridges[bridge] = None
+            self.set_bridge(bridge, None)
             return False
         return state is None or state.up != up
 
     async def refresh_bridge(self, bridge: str) -> None:
         try:
-            self.bridges[bridge] = await self.netlink.bridge(bridge)
+            state = await self.netlink.bridge(bridge)
         except E.FcnetError:
-            self.bridges[bridge] = None
+            state = None
+        self.set_bridge(bridge, state)
 
     async def sync_uplinks(self) -> None:
         """Keeps each uplink a tagged member of exactly the VLANs in use."""

@@ -145,8 +145,9 @@ class Registry:
         self.by_key: dict[tuple[str, str, int], Network] = {}
         self.attachments: dict[tuple[str, str], Attachment] = {}
         self.by_network: dict[str, dict[tuple[str, str], Attachment]] = {}
-        self._generation = 0
+        self._generation = 0  # mutations, for deciding what to write
         self._written = 0
+        self.version = 0  # any change of content, loads included, for caches
         self.write_lock = asyncio.Lock()
         self.last_write: os.stat_result | None = None
         # observer(seconds, ok) is told of every write, for metrics.
@@ -174,6 +175,7 @@ class Registry:
                 os.unlink(os.path.join(self.state_dir, name))
 
     def replace(self, snap: Snapshot) -> None:
+        self.version += 1
         self.networks = {}
         self.by_name, self.by_key, self.by_network = {}, {}, {}
         self.attachments = {}
@@ -199,6 +201,7 @@ class Registry:
     def add_network(self, net: Network) -> None:
         self._index_network(net)
         self._generation += 1
+        self.version += 1
 
     def remove_network(self, net: Network) -> None:
         del self.networks[net.id]
@@ -206,15 +209,18 @@ class Registry:
         del self.by_key[(net.host, net.bridge, net.vlan)]
         self.by_network.pop(net.id, None)
         self._generation += 1
+        self.version += 1
 
     def add_attachment(self, att: Attachment) -> None:
         self._index_attachment(att)
         self._generation += 1
+        self.version += 1
 
     def remove_attachment(self, att: Attachment) -> None:
         del self.attachments[att.key]
         self.by_network.get(att.network_id, {}).pop(att.key, None)
         self._generation += 1
+        self.version += 1
 
     # -- persistence -----------------------------------------------------
     def save_now(self) -> None:

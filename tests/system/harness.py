@@ -165,6 +165,15 @@ class Client:
         return self.call("GetAll", "s", interface, path=path, interface="org.freedesktop.DBus.Properties")[0]
 
 
+def wait_for(predicate, timeout=10.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def v(sig: str, value) -> Variant:
     return Variant(sig, value)
 

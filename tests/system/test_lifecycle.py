@@ -2,7 +2,7 @@
 
 import json
 
-from .harness import busctl, fcnetctl, v
+from .harness import busctl, fcnetctl, v, wait_for
 
 MGR = ["org.fcnetd.Network1", "/org/fcnetd/Network1", "org.fcnetd.Network1.Manager"]
 
@@ -86,6 +86,30 @@ def test_list_filters_and_newest_first(daemon, client):
     assert [n["Name"] for n in client.call("ListNetworks", "a{sv}", {"bridge": v("s", "fcbr0")})[0]] == ["fcbr0"]
     err = client.error("ListNetworks", "a{sv}", {"type": v("s", "nat")})
     assert err.type == "org.freedesktop.DBus.Error.InvalidArgs" and "type" in err.text
+
+
+def test_list_follows_every_change_it_shows(daemon, bus, client):
+    """ListNetworks answers from marshalled entries kept per filter; each
+    change a list shows (networks, VM counts, bridge state) must reach it."""
+    def listed(**flt):
+        return [(n["Name"], n["VmCount"], n["Status"])
+                for n in client.call("ListNetworks", "a{sv}", {k: v(*x) for k, x in flt.items()})[0]]
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
+    assert listed() == [("fcbr0", 1, "active")]
+    client.call("CreateNetwork", "ssqa{sv}", "lab", "fcbr1", 0, {})
+    client.call("AttachVm", "ssqa{sv}", "vm-2", "fcbr0", 0, {"nic": v("s", "eth1")})
+    assert listed() == [("lab", 0, "active"), ("fcbr0", 2, "active")]
+    assert listed(offset=("u", 1), limit=("u", 1)) == [("fcbr0", 2, "active")]
+    daemon.ns.ip("link", "set", "fcbr0", "down")
+    wait_for(lambda: listed()[1] == ("fcbr0", 2, "bridge-down"), what="bridge-down in the list")
+    client.call("DetachVm", "ss", "vm-1", "eth0")
+    assert listed(bridge=("s", "fcbr0")) == [("fcbr0", 1, "bridge-down")]
+    client.call("DeleteNetwork", "s", "lab")
+    assert listed() == [("fcbr0", 1, "bridge-down")]
+    # sd-bus reads the reply assembled from cached bytes just as dbus-fast does
+    out = json.loads(busctl(bus.address, "--json=short", "call", *MGR, "ListNetworks", "a{sv}", "0").stdout)
+    assert [e["Name"]["data"] for e in out["data"][0]] == ["fcbr0"]
 
 
 def test_fcnetctl_table_and_json(daemon, bus, client):

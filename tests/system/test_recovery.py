@@ -8,16 +8,7 @@ import time
 
 import pytest
 
-from .harness import Daemon, v
-
-
-def wait_for(predicate, timeout=10.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+from .harness import Daemon, v, wait_for
 
 
 def test_restart_and_kill9_adopt_taps_reap_orphans_leave_foreign_devices(daemon, client, tmp_path):

@@ -131,3 +131,30 @@ def test_search_matches_name_bridge_vlan_and_description(tmp_path):
     assert names(search="production") == ["prod"]
     assert names(search="10") == ["fcbr0-vlan-10"]
     assert names(kind="bridge") == []
+
+
+def test_version_moves_with_everything_a_network_summary_shows(tmp_path):
+    """ListNetworks keeps marshalled replies until engine.version moves."""
+    e = make(tmp_path)
+    seen = [e.version]
+
+    def moved():
+        seen.append(e.version)
+        return seen[-1] != seen[-2]
+
+    async def go():
+        await e.attach_vm("vm-1", "fcbr0", 0)
+        assert moved()  # a network and an attachment
+        await e.create_tap("vm-1", "eth0")
+        assert not moved()  # TAPs are not in the summary
+        await e.detach_vm("vm-1", "eth0")
+        assert moved()  # VM count
+        e.set_bridge("fcbr0", e.bridges["fcbr0"])
+        assert not moved()  # the same state again
+        e.set_bridge("fcbr0", BridgeState("fcbr0", 1, False, True, 1))
+        assert moved()  # status: bridge-down
+        e.config = parse({"bridges": {"fcbr1": {}}})
+        assert moved()  # status: bridge-not-allowed
+        e.registry.replace(e.registry.snapshot())
+        assert moved()  # a hand edit loaded
+    run(go())
