@@ -4,9 +4,12 @@ an async D-Bus client, and the result table."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import time
@@ -14,7 +17,7 @@ from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from fcnetd.bus import Variant, call, connect  # noqa: E402
+from fcnetd.bus import Message, MessageType, Variant, call, connect  # noqa: E402
 from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH  # noqa: E402
 from fcnetd.testbus import PrivateBus  # noqa: E402
 from tests.system.harness import Daemon, Netns  # noqa: E402
@@ -99,6 +102,69 @@ class Client:
 
     def close(self):
         self.conn.disconnect()
+
+
+class WireClient:
+    """A blocking D-Bus client that times a call to its reply's last byte and
+    decodes nothing on the way: what the daemon and the bus take, without
+    the client library's decoding (measured on its own by Client)."""
+
+    def __init__(self, address: str):
+        path = dict(kv.split("=", 1) for kv in address.split(":", 1)[1].split(","))["path"]
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.connect(path)
+        self.sock.sendall(b"\0AUTH EXTERNAL " + str(os.getuid()).encode().hex().encode() + b"\r\n")
+        line = b""
+        while not line.endswith(b"\r\n"):
+            line += self.sock.recv(1)
+        if not line.startswith(b"OK"):
+            raise RuntimeError(f"bus refused authentication: {line!r}")
+        self.sock.sendall(b"BEGIN\r\n")
+        self.serial = 0
+        self.buf = bytearray()
+        self.call("org.freedesktop.DBus", "/org/freedesktop/DBus", "org.freedesktop.DBus", "Hello")
+
+    def _message(self) -> bytes:
+        while len(self.buf) < 16:
+            self.buf += self.sock.recv(1 << 20)
+        body_len, fields_len = struct.unpack_from("<I", self.buf, 4)[0], struct.unpack_from("<I", self.buf, 12)[0]
+        total = 16 + fields_len + (-fields_len & 7) + body_len
+        while len(self.buf) < total:
+            self.buf += self.sock.recv(1 << 20)
+        msg, self.buf = bytes(self.buf[:total]), self.buf[total:]
+        return msg
+
+    def call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> bytes:
+        """The raw reply (method return or error); signals are skipped."""
+        self.serial += 1
+        msg = Message(destination=dest, path=path, interface=iface, member=member, signature=sig,
+                      body=body or [], serial=self.serial)
+        self.sock.sendall(msg._marshall(False))
+        while True:
+            reply = self._message()
+            if reply[1] in (MessageType.METHOD_RETURN.value, MessageType.ERROR.value):
+                return reply
+
+    def m(self, member: str, sig: str = "", *body) -> bytes:
+        return self.call(BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, sig, list(body))
+
+    def timed(self, member: str, sig: str, *body) -> float:
+        t = time.perf_counter()
+        reply = self.m(member, sig, *body)
+        took = time.perf_counter() - t
+        if reply[1] != MessageType.METHOD_RETURN.value:
+            raise RuntimeError(f"{member} failed: {decode(reply).body}")
+        return took
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def decode(raw: bytes) -> Message:
+    from dbus_fast._private.unmarshaller import Unmarshaller  # the reference decoder, outside the timing
+    u = Unmarshaller(io.BytesIO(raw))
+    u.unmarshall()
+    return u.message
 
 
 async def bounded_gather(coros, limit: int = 256):

@@ -1,25 +1,55 @@
-"""Baselines run inside the bench namespace: the same TAP work done
-in-process with fcnetd's own pyroute2 code, and with `ip` shell-outs.
+"""Baselines run inside the bench namespace: the TAP work of CreateTap done
+in-process, three ways, and deletion.
 
-  inproc_taps.py pyroute2|shell create N BRIDGE PREFIX START  -> {"create": [seconds...]}
-  inproc_taps.py pyroute2|shell delete N BRIDGE PREFIX        -> {"delete_total": seconds}
+  pyroute2  pyroute2's own API, as a program would use it: link("add",
+            kind="tuntap") then link("set") to enslave, tag and raise it
+  netlink   fcnetd's netlink module in-process (the daemon's code without
+            D-Bus): what the bus and the daemon's dispatch add, and no more
+  shell     `ip tuntap add` and `ip link set` shell-outs
+
+  inproc_taps.py pyroute2|netlink|shell create N BRIDGE PREFIX START -> {"create": [seconds...]}
+  inproc_taps.py netlink|shell delete N BRIDGE PREFIX                -> {"delete_total": seconds}
 """
 
 import asyncio
+import errno
 import json
 import subprocess
 import sys
 import time
 
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.exceptions import NetlinkError
+
 from fcnetd.netlink import Netlink
 
 
 async def pyroute2_create(names: list[str], bridge: str) -> dict:
+    ipr = AsyncIPRoute()
+    try:
+        await ipr.link("add", ifname=bridge, kind="bridge")
+    except NetlinkError as e:
+        if e.code != errno.EEXIST:
+            raise
+    br = (await ipr.link("get", ifname=bridge))[0]["index"]
+    await ipr.link("set", index=br, state="up")
+    lat = []
+    for name in names:
+        t = time.perf_counter()
+        await ipr.link("add", ifname=name, kind="tuntap", mode="tap", uid=1000,
+                       ifr={"no_pi": True, "vnet_hdr": True})
+        await ipr.link("set", ifname=name, master=br, ifalias=f"fcnetd:bench-{name}:eth0", state="up")
+        lat.append(time.perf_counter() - t)
+    ipr.close()
+    return {"create": lat}
+
+
+async def netlink_create(names: list[str], bridge: str) -> dict:
     nl = Netlink()
     await nl.open()
     br = await nl.ensure_bridge(bridge, True, 0, False)
     lat = []
-    for i, name in enumerate(names):
+    for name in names:
         t = time.perf_counter()
         await nl.create_tap(name, f"bench-{name}", "eth0", br, 0, 1000, None, 0)
         lat.append(time.perf_counter() - t)
@@ -27,7 +57,7 @@ async def pyroute2_create(names: list[str], bridge: str) -> dict:
     return {"create": lat}
 
 
-async def pyroute2_delete(names: list[str]) -> dict:
+async def netlink_delete(names: list[str]) -> dict:
     nl = Netlink()
     await nl.open()
     t = time.perf_counter()
@@ -62,8 +92,11 @@ if __name__ == "__main__":
     kind, action, n, bridge, prefix = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]
     start = int(sys.argv[6]) if len(sys.argv) > 6 else 0
     names = [f"{prefix}{i:06d}" for i in range(start, start + n)]
-    if kind == "pyroute2":
-        result = asyncio.run(pyroute2_create(names, bridge) if action == "create" else pyroute2_delete(names))
+    if action == "create":
+        create = {"pyroute2": lambda: asyncio.run(pyroute2_create(names, bridge)),
+                  "netlink": lambda: asyncio.run(netlink_create(names, bridge)),
+                  "shell": lambda: shell_create(names, bridge)}[kind]
+        result = create()
     else:
-        result = shell_create(names, bridge) if action == "create" else shell_delete(names)
+        result = shell_delete(names) if kind == "shell" else asyncio.run(netlink_delete(names))
     print(json.dumps(result))
