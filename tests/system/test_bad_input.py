@@ -108,3 +108,37 @@ def test_vlan_unsupported_on_this_kernel(stored, client, daemon):
     assert err.type == ERR + "VlanUnsupported"
     assert "CONFIG_BRIDGE_VLAN_FILTERING" in err.text and "shared segment" in err.text
     assert client.error("AttachVm", "ssqa{sv}", "vm-3", "fcbr0", 30, {}).type == ERR + "VlanUnsupported"
+
+
+def test_a_full_bridge_is_bridge_full_and_leaves_nothing_behind(daemon, bus):
+    """A Linux bridge has 1,023 port numbers; the kernel's EXFULL on the next
+    enslavement must reach the caller as BridgeFull, with the half-made TAP
+    gone and the VM still attached (a VM start on another bridge can follow)."""
+    import asyncio
+
+    from fcnetd.bus import DBusError, call, connect
+    from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
+
+    async def fill():
+        conn = await connect(bus.address)
+        sem = asyncio.Semaphore(64)
+
+        async def m(member, sig, *body):
+            async with sem:
+                return await call(conn, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, sig, list(body))
+        try:
+            await asyncio.gather(*(m("AttachVm", "ssqa{sv}", f"vm-{i}", "fcbr0", 0, {}) for i in range(1024)))
+            await asyncio.gather(*(m("CreateTap", "ssa{sv}", f"vm-{i}", "eth0", {}) for i in range(1023)))
+            try:
+                await m("CreateTap", "ssa{sv}", "vm-1023", "eth0", {})
+            except DBusError as e:
+                return e
+            raise AssertionError("the 1,024th TAP on one bridge was created")
+        finally:
+            conn.disconnect()
+    err = asyncio.run(fill())
+    assert err.type == ERR + "BridgeFull" and "1,023 ports" in err.text
+    taps = daemon.ns.taps()
+    assert len(taps) == 1023 and all(t.get("master") == "fcbr0" for t in taps)
+    attached = json.loads(open(daemon.state_dir + "/registry.json").read())
+    assert sum(1 for a in attached["attachments"] if a["vm_id"] == "vm-1023") == 1
