@@ -6,10 +6,10 @@ from __future__ import annotations
 import struct
 
 from dbus_fast import BusType, DBusError, Message, MessageType, Variant
+from dbus_fast._private.constants import HeaderField
 from dbus_fast._private.marshaller import Marshaller
 from dbus_fast.aio import MessageBus
 from dbus_fast.aio import message_bus as _aio
-from dbus_fast._private.constants import HeaderField
 from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNameReply
 from dbus_fast.service import ServiceInterface, dbus_property, method
 

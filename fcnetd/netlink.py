@@ -15,6 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute, IPRoute
+from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTM_NEWLINK as _RTM_NEWLINK
 from pyroute2.netlink.rtnl import RTMGRP_LINK
@@ -148,7 +149,17 @@ class Netlink:
         if mtu:
             attrs.append(("IFLA_MTU", mtu))
         msg["attrs"] = attrs
-        await self._requests.request(msg, _RTM_NEWLINK)
+
+        def encode(seq: int) -> bytes:
+            msg["header"]["type"] = _RTM_NEWLINK
+            msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
+            msg["header"]["sequence_number"] = seq
+            msg.encode()
+            return msg.data
+        try:
+            await self._requests.request(encode)
+        except OSError as e:  # a refusal, like every other request's
+            raise NetlinkError(e.errno, e.strerror) from None
 
     async def _dump(self, method: str, *args, **kwargs) -> list:
         async with self._slots:
