@@ -145,9 +145,10 @@ class Registry:
         self.by_key: dict[tuple[str, str, int], Network] = {}
         self.attachments: dict[tuple[str, str], Attachment] = {}
         self.by_network: dict[str, dict[tuple[str, str], Attachment]] = {}
-        self._generation = 0  # mutations, for deciding what to write
+        # Bumped by every change of content, loads included: commit() writes
+        # when it is ahead of the version on disk, caches compare it.
+        self.version = 0
         self._written = 0
-        self.version = 0  # any change of content, loads included, for caches
         self.write_lock = asyncio.Lock()
         self.last_write: os.stat_result | None = None
         # observer(seconds, ok) is told of every write, for metrics.
@@ -200,7 +201,6 @@ class Registry:
 
     def add_network(self, net: Network) -> None:
         self._index_network(net)
-        self._generation += 1
         self.version += 1
 
     def remove_network(self, net: Network) -> None:
@@ -208,25 +208,22 @@ class Registry:
         del self.by_name[net.name]
         del self.by_key[(net.host, net.bridge, net.vlan)]
         self.by_network.pop(net.id, None)
-        self._generation += 1
         self.version += 1
 
     def add_attachment(self, att: Attachment) -> None:
         self._index_attachment(att)
-        self._generation += 1
         self.version += 1
 
     def remove_attachment(self, att: Attachment) -> None:
         del self.attachments[att.key]
         self.by_network.get(att.network_id, {}).pop(att.key, None)
-        self._generation += 1
         self.version += 1
 
     # -- persistence -----------------------------------------------------
     def save_now(self) -> None:
         """Synchronous write, for start-up and recovery paths."""
         self.last_write = write_atomic(self.path, serialize(self.snapshot()))
-        self._written = self._generation
+        self._written = self.version
 
     async def commit(self) -> None:
         """Returns once every mutation made before the call is on disk.
@@ -234,11 +231,11 @@ class Registry:
         Callers that arrive while a write is in flight wait for it and then
         share the next one, so a burst of N mutations costs about two writes.
         """
-        wanted = self._generation
+        wanted = self.version
         async with self.write_lock:
             if self._written >= wanted:
                 return
-            generation = self._generation
+            version = self.version
             snap = self.snapshot()  # frozen records in fresh dicts: safe to encode elsewhere
             started = time.perf_counter()
             try:
@@ -247,7 +244,7 @@ class Registry:
                 self.observer(time.perf_counter() - started, False)
                 raise RegistryWriteFailed(f"cannot write {self.path}: {e.strerror}") from e
             self.observer(time.perf_counter() - started, True)
-            self._written = generation
+            self._written = version
 
     def is_own_file(self) -> bool:
         """True if the file on disk is the one this daemon last wrote."""
