@@ -1,4 +1,6 @@
-"""Every netlink operation of fcnetd, through pyroute2 (imported here only).
+"""Every netlink operation of fcnetd. pyroute2 (imported here only) builds
+each message and carries all but two kinds: the VM-start path's link change
+and the link events, which go through rawnetlink's leaner byte-level code.
 
 Creates are idempotent, deletes tolerate a device that is already gone, and
 kernel errors become domain errors in one place (_translate), by errno name.
@@ -9,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
-import struct
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -17,16 +18,14 @@ from dataclasses import dataclass
 from pyroute2 import AsyncIPRoute, IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
-from pyroute2.netlink.rtnl import RTM_NEWLINK as _RTM_NEWLINK
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
 from . import tundev
-from .nlrequest import RequestSocket
 from .errors import BridgeFull, BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
 from .model import parse_tap_tag, tap_tag
+from .rawnetlink import IFF_UP, RTM_NEWLINK, RequestSocket, parse_link_events
 
-IFF_UP = 0x1
 VLAN_UNSUPPORTED_HINT = (
     "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); "
     "tagged networks need it, and fcnetd will not put them on a shared segment. "
@@ -151,7 +150,7 @@ class Netlink:
         msg["attrs"] = attrs
 
         def encode(seq: int) -> bytes:
-            msg["header"]["type"] = _RTM_NEWLINK
+            msg["header"]["type"] = RTM_NEWLINK
             msg["header"]["flags"] = NLM_F_REQUEST | NLM_F_ACK
             msg["header"]["sequence_number"] = seq
             msg.encode()
@@ -318,11 +317,7 @@ class Netlink:
         """Calls callback(event, ifname, up, carrier) for every link change
         until cancelled; callback(None, None, False, False) after an overrun.
         sock: the event source, a link-group rtnetlink socket by default.
-
-        Each TAP creation sends several link events; decoding them with
-        pyroute2 cost more than creating the TAP, so the few fields needed
-        are read straight from the messages (struct nlmsghdr, ifinfomsg and
-        two attributes)."""
+        The events are decoded by rawnetlink.parse_link_events."""
         if sock is None:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                                  socket.NETLINK_ROUTE)
@@ -358,44 +353,3 @@ class Netlink:
         finally:
             loop.remove_reader(fd)
             sock.close()
-
-
-_NLMSG = struct.Struct("=LHHLL")
-_IFINFO = struct.Struct("=BxHiII")
-_RTA = struct.Struct("=HH")
-RTM_NEWLINK, RTM_DELLINK = 16, 17
-IFLA_IFNAME, IFLA_OPERSTATE = 3, 16
-IF_OPER_UP = 6
-AF_BRIDGE = 7
-_EVENT_NAMES = {RTM_NEWLINK: "RTM_NEWLINK", RTM_DELLINK: "RTM_DELLINK"}
-
-
-def parse_link_events(data: bytes):
-    """Yields (event, ifname, up, carrier) from a buffer of rtnetlink messages."""
-    offset = 0
-    while offset + _NLMSG.size <= len(data):
-        length, mtype, _flags, _seq, _pid = _NLMSG.unpack_from(data, offset)
-        if length < _NLMSG.size:
-            return
-        end = offset + length
-        if mtype in _EVENT_NAMES:
-            base = offset + _NLMSG.size
-            family, _type, _index, flags, _change = _IFINFO.unpack_from(data, base)
-            if family == AF_BRIDGE:  # per-port bridge notices: nothing we track
-                offset += (length + 3) & ~3
-                continue
-            pos = base + _IFINFO.size
-            ifname, carrier = None, False
-            while pos + _RTA.size <= end:
-                alen, atype = _RTA.unpack_from(data, pos)
-                if alen < _RTA.size:
-                    break
-                if atype == IFLA_IFNAME:
-                    ifname = data[pos + 4:pos + alen].split(b"\0", 1)[0].decode()
-                elif atype == IFLA_OPERSTATE:
-                    carrier = data[pos + 4] == IF_OPER_UP
-                    if ifname is not None:
-                        break  # the kernel puts the name first: nothing more needed
-                pos += (alen + 3) & ~3
-            yield _EVENT_NAMES[mtype], ifname, bool(flags & IFF_UP), carrier
-        offset += (length + 3) & ~3

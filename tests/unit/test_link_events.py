@@ -5,7 +5,8 @@ import asyncio
 import socket
 import struct
 
-from fcnetd.netlink import Netlink, parse_link_events
+from fcnetd.netlink import Netlink
+from fcnetd.rawnetlink import parse_link_events
 
 
 def _attr(t, payload):

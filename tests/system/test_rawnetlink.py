@@ -6,7 +6,7 @@ import asyncio, errno
 from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
-from fcnetd.nlrequest import RequestSocket
+from fcnetd.rawnetlink import RequestSocket
 
 def encoder(index, alias):
     def encode(seq):

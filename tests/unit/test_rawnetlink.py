@@ -1,12 +1,12 @@
 """The VM-start path's netlink requests: acknowledgements read by hand
-(the socket itself is tried in tests/system/test_nlrequest.py)."""
+(the socket itself is tried in tests/system/test_rawnetlink.py)."""
 
 import errno
 import struct
 
 from pyroute2.netlink.rtnl import RTM_NEWLINK
 
-from fcnetd.nlrequest import _ack
+from fcnetd.rawnetlink import ack_errno as _ack
 
 
 def _error_msg(seq: int, err: int) -> bytes:
