@@ -15,7 +15,7 @@ from dataclasses import dataclass, field, replace
 from . import errors as E
 from .config import Config
 from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id,
-                    check_ifname, check_mac, check_name, check_nic, check_uid, check_vlan)
+                    check_ifname, check_mac, check_name, check_nic, check_uid, check_vlan, matches_search)
 from .netlink import BridgeState, Netlink, TapState
 from .registry import Registry, Snapshot
 
@@ -125,8 +125,7 @@ class Engine:
                 continue
             if bridge and net.bridge != bridge:
                 continue
-            if needle and needle not in net.name.lower() and needle not in net.bridge.lower() \
-                    and needle != str(net.vlan) and needle not in net.description.lower():
+            if not matches_search(needle, net.name, net.bridge, net.vlan, net.description):
                 continue
             out.append(net)
         return out

@@ -170,6 +170,13 @@ class Attachment:
                 "vm_name": self.vm_name, "mac": self.mac, "attached": self.attached}
 
 
+def matches_search(needle: str, name: str, bridge: str, vlan: int, description: str) -> bool:
+    """The guide's network search: `needle` (lower case) in the name, bridge
+    or description, or exactly the VLAN ID."""
+    return (not needle or needle in name.lower() or needle in bridge.lower() or needle == str(vlan)
+            or needle in description.lower())
+
+
 def tap_tag(vm_id: str, nic: str) -> str:
     """The ifalias that marks a TAP as fcnetd's and names its owner."""
     return f"{TAG_PREFIX}{vm_id}:{nic}"

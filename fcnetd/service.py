@@ -20,6 +20,8 @@ from .names import ERROR_PREFIX, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE, net
 log = logging.getLogger("fcnetd.service")
 SIGNAL_COALESCE_SECONDS = 0.05
 LIST_CACHE_BYTES = 8 << 20  # ListNetworks replies kept, one per filter (all 4,094 networks: 1.9 MB)
+FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)}
+LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -307,8 +309,7 @@ class Manager(ServiceInterface):
 
     @staticmethod
     def _query(filter: dict) -> tuple[str, str, str, int, int]:
-        f = parse_options(filter, {"search": ("s", str), "type": ("s", str), "bridge": ("s", str),
-                                   "offset": ("u", int), "limit": ("u", int)})
+        f = parse_options(filter, LIST_OPTIONS)
         return (f.get("search", ""), f.get("type", ""), f.get("bridge", ""), f.get("offset", 0),
                 f.get("limit", 0))
 
@@ -361,7 +362,7 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def CountNetworks(self, filter: "a{sv}") -> "u":
-        f = parse_options(filter, {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)})
+        f = parse_options(filter, FILTER_OPTIONS)
         return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", "")))
 
     @method()

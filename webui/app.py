@@ -13,10 +13,10 @@ import sys
 
 from aiohttp import web
 
-from fcnetd.model import auto_name
-from . import config as configmod, pages
 from fcnetd.bus import Variant
+from fcnetd.model import auto_name, matches_search
 
+from . import config as configmod, pages
 from .hosts import DBusError, Host, explain
 from .sessions import Sessions
 from .throttle import SignInThrottle
@@ -183,8 +183,7 @@ class App:
             for n in h.networks.values():
                 if kind and n["type"] != kind:
                     continue
-                if search and search not in n["name"].lower() and search not in n["bridge"].lower() \
-                        and search != str(n["vlan"]) and search not in n["description"].lower():
+                if not matches_search(search, n["name"], n["bridge"], n["vlan"], n["description"]):
                     continue
                 items.append(n)
         key = (lambda n: (n["vm_count"], n["created"])) if sort == "vms" else (lambda n: n["created"])
@@ -229,7 +228,8 @@ class App:
             vlan = 0
         if isinstance(vlan, str) and vlan.strip().isdigit():
             vlan = int(vlan)
-        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 4094:
+        # fcnetd judges the range; this only keeps what D-Bus type q can carry
+        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 0xFFFF:
             return web.json_response({"error": f"vlan: {vlan!r} is out of range: empty (untagged) or 1-4094",
                                       "field": "vlan"}, status=400)
         if not isinstance(name, str) or not isinstance(bridge, str):
