@@ -2,7 +2,6 @@
 daemon and a real dbus-daemon (issue 5). Runs in file order: later tests
 build on the state earlier ones leave, as a user's session would."""
 
-import json
 import re
 import subprocess
 import time
