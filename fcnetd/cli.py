@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 
 from .bus import DBusError, Variant, call, connect, unwrap
@@ -162,6 +163,9 @@ def main(argv=None) -> int:
         return asyncio.run(_run(args))
     except DBusError as e:
         print(f"fcnetctl: {e.text} ({e.type.rsplit('.', 1)[-1]})", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # the reader left (fcnetctl list | head): not a bus problem
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
     except (OSError, ValueError) as e:
         print(f"fcnetctl: cannot reach fcnetd on the {args.bus} bus: {e}", file=sys.stderr)

@@ -127,3 +127,23 @@ def test_fcnetctl_table_and_json(daemon, bus, client):
     assert res.returncode == 1 and "Network has 1 attached VM. Remove VMs first." in res.stderr
     show = fcnetctl(bus.address, "show", "fcbr1").stdout
     assert "vm-7" in show and "db" in show
+
+
+def test_fcnetctl_output_cut_short_is_not_a_bus_error(daemon, bus):
+    """`fcnetctl show X | head` once reported the closed pipe as
+    'cannot reach fcnetd'."""
+    import os
+    import subprocess
+    import sys
+
+    from .harness import REPO
+    fcnetctl(bus.address, "create", "fcbr0", "--description", "shared")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written
+    try:
+        res = subprocess.run([sys.executable, "-m", "fcnetd.cli", "--bus", bus.address, "show", "fcbr0"],
+                             stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60,
+                             env={**os.environ, "PYTHONPATH": REPO})
+    finally:
+        os.close(write_end)
+    assert res.returncode == 1 and res.stderr == ""
