@@ -1,6 +1,7 @@
-"""fcnetd: the privileged daemon. Start-up order matters: READY=1 is sent
-only once the lock is held, the registry loaded, the kernel reconciled and
-the bus name owned."""
+"""fcnetd: the privileged daemon. Start-up order matters: the registry lock
+and the bus name are held before anything in the kernel is read for changes
+or touched (a second daemon started by mistake leaves every device as it
+found it), and READY=1 is sent only once the kernel is reconciled."""
 
 from __future__ import annotations
 
@@ -52,6 +53,7 @@ class Daemon:
         self.gate = None
         self.metrics = None
         self._tasks: set[asyncio.Task] = set()
+        self._reload_lock = asyncio.Lock()
         self.exit_code = 0
 
     def _load_config(self):
@@ -74,13 +76,11 @@ class Daemon:
     async def start(self) -> None:
         os.makedirs(self.config.state_dir, mode=0o700, exist_ok=True)
         self.lock.acquire()
-        self.registry.load()
+        for skipped in self.registry.load():
+            log.warning("registry: skipped %s", skipped)
         if not os.path.exists(self.registry.path):
             self.registry.save_now()
         self.registry.last_write = os.stat(self.registry.path)
-        await self.netlink.open()
-        result = await self.engine.reconcile()
-        log.info("reconciled: %s", result or "nothing to do")
         self.conn = await connect(self.args.bus)
         manager = Manager(self.engine, self.conn)
         manager.export_all()
@@ -88,8 +88,14 @@ class Daemon:
         self.gate.install()
         manager.install_fast_paths()  # after the gate: it checks callers first
         self.manager = manager
-        if not await request_name(self.conn, BUS_NAME):
-            raise SystemExit(f"fcnetd: the bus name {BUS_NAME} is owned by another process")
+        await self.netlink.open()
+        # Calls that arrive once the name is ours wait at the engine's gate
+        # until the kernel is reconciled.
+        async with self.engine.gate.exclusive():
+            if not await request_name(self.conn, BUS_NAME):
+                raise SystemExit(f"fcnetd: the bus name {BUS_NAME} is owned by another process")
+            result = await self.engine.reconcile_exclusive()
+        log.info("reconciled: %s", result or "nothing to do")
         self._start_metrics()
         loop = asyncio.get_running_loop()
         self.watcher = FileWatcher(loop, self._file_changed)
@@ -125,13 +131,25 @@ class Daemon:
 
     # -- reload and watching ----------------------------------------------------
     async def reload(self) -> None:
-        self.notifier.reloading()
+        """SIGHUP or a config write. Serialized, and always ends in READY=1
+        with a STATUS= line, whatever happened."""
+        async with self._reload_lock:
+            self.notifier.reloading()
+            status = ""
+            try:
+                status = await self._reload()
+            except Exception as e:
+                log.exception("reload failed")
+                status = f"reload failed ({e}); "
+            finally:
+                self.notifier.reloaded(status + self.status_line())
+
+    async def _reload(self) -> str:
         try:
             new = self._load_config()
         except configmod.ConfigError as e:
             log.error("config not reloaded, keeping the old one: %s", e)
-            self.notifier.reloaded(self.status_line())
-            return
+            return f"config not reloaded ({e}); "
         if new.state_dir != self.config.state_dir:
             log.warning("state_dir changes need a restart; keeping %s", self.config.state_dir)
             new = replace(new, state_dir=self.config.state_dir)
@@ -139,7 +157,7 @@ class Daemon:
         self.gate.reload()
         await self.engine.reconcile()
         log.info("config reloaded: bridges %s", ", ".join(sorted(new.bridges)) or "none")
-        self.notifier.reloaded(self.status_line())
+        return ""
 
     def _file_changed(self, path: str) -> None:
         if path == self.registry.path:
@@ -148,10 +166,10 @@ class Daemon:
             self._spawn(self.reload())
 
     async def _registry_changed(self) -> None:
-        # Under the write lock: a write of our own may have renamed the file
-        # but not yet recorded its identity, and a hand edit must not land
-        # between a write and its bookkeeping.
-        async with self.registry.write_lock:
+        # Under the snapshot lock: a write of our own may have renamed the
+        # file but not yet recorded its identity, and a hand edit must not
+        # land between a write and its bookkeeping.
+        async with self.registry.snapshot_lock:
             await self._registry_changed_locked()
 
     async def _registry_changed_locked(self) -> None:
@@ -160,7 +178,7 @@ class Daemon:
             return
         if not os.path.exists(path):
             log.warning("%s was deleted; writing it again from memory", path)
-            self.registry.save_now()
+            await self._write_back()
             return
         try:
             with open(path, encoding="utf-8") as f:
@@ -169,11 +187,16 @@ class Daemon:
             aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
             os.replace(path, aside)
             log.error("hand edit rejected (%s); kept it as %s and wrote the daemon's state back", e, aside)
-            self.registry.save_now()
+            await self._write_back()
             return
         log.info("registry edited by hand; loading it")
-        await self.engine.load_snapshot(snap)
-        self.registry.last_write = os.stat(path)
+        for skipped in await self.engine.load_snapshot(snap):
+            log.warning("hand edit: skipped %s", skipped)
+
+    async def _write_back(self) -> None:
+        """registry.json again from what is durable, with nothing in flight."""
+        async with self.engine.gate.exclusive():
+            self.registry.save_now()
 
     async def _bus_lost(self) -> None:
         """Without its bus the daemon is useless: exit so systemd restarts it."""
@@ -202,6 +225,12 @@ class Daemon:
         await self.start()
         await self.stopping.wait()
         self.notifier.stopping()
+        # Calls in flight finish and are saved, a hand edit being read is taken.
+        async with self.registry.snapshot_lock, self.engine.gate.exclusive():
+            try:
+                self.registry.save_now()  # a stopped daemon leaves registry.json current
+            except OSError as e:
+                log.warning("registry journal not folded at stop (%s); it is replayed at the next start", e)
         log.info("stopping; TAPs stay in the kernel and will be adopted at the next start")
 
     def close(self) -> None:
@@ -212,6 +241,7 @@ class Daemon:
         if self.conn is not None:
             self.conn.disconnect()
         self.netlink.close()
+        self.registry.close()
         self.lock.release()
 
 

@@ -2,6 +2,10 @@
 
 Every entry point runs in the same order: validate input, check the state,
 change the kernel if needed, change memory, persist, then tell observers.
+What may interleave with what is the README's "What may interleave":
+per-object work shares `gate` and holds the lock of its VM NIC for its whole
+run; reconcile and a hand edit hold `gate` alone. A registry check and the
+change it guards run with no await between them, so they are atomic.
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field, replace
 
 from . import errors as E
+from . import faultpoint
 from .config import Config
 from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id,
                     check_ifname, check_mac, check_name, check_nic, check_uid, check_vlan, matches_search)
+from .locks import Gate, KeyedLocks
 from .netlink import BridgeState, Netlink, TapState
 from .registry import Registry, Snapshot
 
 log = logging.getLogger("fcnetd.engine")
 TAP_NAME_TRIES = 8
+BRIDGE_PORTS = 1023  # the kernel's limit (BR_MAX_PORTS - 1)
 
 
 @dataclass
@@ -46,10 +53,13 @@ class Engine:
         self.taps: dict[tuple[str, str], TapState] = {}
         self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
         self._bridges: dict[str, BridgeState | None] = {}
-        self._tap_locks: dict[tuple[str, str], asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.gate = Gate()
+        self._nic_locks = KeyedLocks()  # (vm_id, nic) -> lock, held for a VM NIC's whole call
         self._uplink_lock = asyncio.Lock()
+        self._uplink_claims: set[tuple[str, int]] = set()  # (bridge, vlan) of networks being created
         self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
         self._creating: dict[tuple[str, int], asyncio.Future] = {}
+        self._reconcile_queued: asyncio.Future | None = None
         self.stats = Stats()
         registry.observer = self.stats.observe_write
         # Observers are told after a change is on disk (or in the kernel).
@@ -178,7 +188,8 @@ class Engine:
         self.set_bridge(bridge, state)
 
     async def sync_uplinks(self) -> None:
-        """Keeps each uplink a tagged member of exactly the VLANs in use."""
+        """Keeps each uplink a tagged member of exactly the VLANs in use,
+        and of those of networks being created (claimed before their commit)."""
         async with self._uplink_lock:
             for cfg in self.config.bridges.values():
                 if not cfg.uplink:
@@ -195,16 +206,19 @@ class Engine:
                 for net in self.registry.networks.values():
                     if net.bridge == cfg.name and net.vlan and net.host == self.host:
                         wanted.setdefault(net.vlan, set())
+                for bridge, vlan in self._uplink_claims:
+                    if bridge == cfg.name:
+                        wanted.setdefault(vlan, set())
                 await self.netlink.set_port_vlans(index, wanted, f"uplink {cfg.uplink}")
 
-    async def _persist(self, undo) -> None:
-        """Writes the registry; if that fails, undoes the change in memory so
-        memory and disk agree, and lets the caller see the error."""
+    async def _converge_uplinks(self, why: str) -> None:
+        """Uplink sync after a change that is already stored: a failure is
+        logged and counted, never answered, and the next reconcile retries."""
         try:
-            await self.registry.commit()
-        except E.FcnetError:
-            undo()
-            raise
+            await self.sync_uplinks()
+        except E.FcnetError as e:
+            self.stats.reconcile["error"] += 1
+            log.warning("uplink sync after %s failed (retried at the next reconcile): %s", why, e)
 
     # -- networks ----------------------------------------------------------
     async def create_network(self, name: str, bridge: str, vlan: int, description: str = "",
@@ -214,17 +228,30 @@ class Engine:
         name = check_name(name) if name else auto_name(bridge, vlan)
         if description:
             check_description(description)
+        async with self.gate.shared():
+            return await self._create_network(name, bridge, vlan, description, origin)
+
+    async def _create_network(self, name: str, bridge: str, vlan: int, description: str,
+                              origin: str) -> Network:
         self._allowed(bridge)
         self._check_free(name, bridge, vlan)
         await self._prepare_bridge(bridge, vlan)
-        self._check_free(name, bridge, vlan)  # the await above let others in
-        net = Network.new(name, bridge, vlan, self.host, origin, description)
-        self.registry.add_network(net)
-        await self._persist(lambda: self.registry.remove_network(net))
+        claim = (bridge, vlan)
+        stored = False
+        try:
+            if vlan:  # the trunk carries the VLAN before anyone is told it exists
+                self._uplink_claims.add(claim)
+                await self.sync_uplinks()
+            self._check_free(name, bridge, vlan)  # the awaits above let others in
+            net = Network.new(name, bridge, vlan, self.host, origin, description)
+            await self.registry.commit(self.registry.change("add_network", net))
+            stored = True
+        finally:
+            self._uplink_claims.discard(claim)
+            if vlan and not stored:
+                asyncio.ensure_future(self._converge_uplinks(f"a failed creation of {name}"))
         log.info("network %s created (%s, bridge %s, vlan %s)", net.name, origin, bridge, vlan or "none")
         self.on_network_added(net)
-        if vlan:
-            await self.sync_uplinks()
         return net
 
     def _check_free(self, name: str, bridge: str, vlan: int) -> None:
@@ -238,6 +265,10 @@ class Engine:
     async def ensure_network(self, bridge: str, vlan: int) -> tuple[Network, bool]:
         check_ifname(bridge)
         check_vlan(vlan)
+        async with self.gate.shared():
+            return await self._ensure_network(bridge, vlan)
+
+    async def _ensure_network(self, bridge: str, vlan: int) -> tuple[Network, bool]:
         existing = self.registry.by_key.get((self.host, bridge, vlan))
         if existing is not None:
             return existing, False
@@ -245,7 +276,8 @@ class Engine:
         creation = self._creating.get((bridge, vlan))
         leader = creation is None
         if leader:
-            creation = asyncio.ensure_future(self.create_network("", bridge, vlan, origin="auto"))
+            creation = asyncio.ensure_future(
+                self._create_network(auto_name(bridge, vlan), bridge, vlan, "", "auto"))
             self._creating[(bridge, vlan)] = creation
             creation.add_done_callback(lambda _: self._creating.pop((bridge, vlan), None))
         try:
@@ -258,17 +290,17 @@ class Engine:
             return existing, False
 
     async def delete_network(self, ref: str) -> None:
-        net = self.find_network(ref)
-        count = len(self.registry.by_network.get(net.id, {}))
-        if count:
-            raise E.NetworkInUse(
-                f"Network has {count} attached VM{'s' if count != 1 else ''}. Remove VMs first.")
-        self.registry.remove_network(net)
-        await self._persist(lambda: self.registry.add_network(net))
+        async with self.gate.shared():
+            net = self.find_network(ref)
+            count = len(self.registry.by_network.get(net.id, {}))
+            if count:
+                raise E.NetworkInUse(
+                    f"Network has {count} attached VM{'s' if count != 1 else ''}. Remove VMs first.")
+            await self.registry.commit(self.registry.change("remove_network", net))
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
         self.on_network_removed(net)
         if net.vlan:
-            await self.sync_uplinks()
+            await self._converge_uplinks(f"deleting {net.name}")
 
     # -- attachments -------------------------------------------------------
     async def attach_vm(self, vm_id: str, bridge: str, vlan: int, vm_name: str = "",
@@ -281,16 +313,28 @@ class Engine:
             mac = check_mac(mac)
         check_ifname(bridge)
         check_vlan(vlan)
-        self._check_unattached(vm_id, nic)
-        net, _ = await self.ensure_network(bridge, vlan)
-        self._check_unattached(vm_id, nic)
-        if net.id not in self.registry.networks:
-            raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching")
-        att = Attachment(vm_id, nic, net.id, vm_name, mac)
-        self.registry.add_attachment(att)
-        await self._persist(lambda: self.registry.remove_attachment(att))
+        async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
+            self._check_unattached(vm_id, nic)
+            self._allowed(bridge)
+            self._check_room(bridge)
+            net, _ = await self._ensure_network(bridge, vlan)
+            if net.id not in self.registry.networks:
+                raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching")
+            self._check_room(bridge)
+            att = Attachment(vm_id, nic, net.id, vm_name, mac)
+            await self.registry.commit(self.registry.change("add_attachment", att))
         self.on_network_changed(net)
         return net
+
+    def _check_room(self, bridge: str) -> None:
+        """Every attached VM NIC must be able to start: a bridge holds 1,023
+        ports, one of them the uplink if it has one."""
+        room = BRIDGE_PORTS - (1 if self.config.bridges[bridge].uplink else 0)
+        if self.registry.bridge_load.get(bridge, 0) >= room:
+            raise E.BridgeFull(
+                f"bridge {bridge} has {room:,} attached VM NICs, all the ports a Linux bridge has "
+                f"(1,023{', one of them the uplink' if room < BRIDGE_PORTS else ''}); "
+                "attach the VM to a network on another bridge")
 
     def _check_unattached(self, vm_id: str, nic: str) -> None:
         if (att := self.registry.attachments.get((vm_id, nic))) is not None:
@@ -298,21 +342,19 @@ class Engine:
             raise E.NicAttached(f"VM {vm_id} NIC {nic} is already attached to network {net.name}")
 
     def _attachment(self, vm_id: str, nic: str) -> Attachment:
-        check_id(vm_id, "vm_id")
-        check_nic(nic)
         att = self.registry.attachments.get((vm_id, nic))
         if att is None:
             raise E.NoSuchVm(f"VM {vm_id} has no NIC {nic} attached (call AttachVm first)")
         return att
 
     async def detach_vm(self, vm_id: str, nic: str) -> None:
-        att = self._attachment(vm_id, nic)
-        await self.delete_tap(vm_id, nic)
-        if self.registry.attachments.get(att.key) is not att:
-            return  # a concurrent DetachVm finished first
-        self.registry.remove_attachment(att)
-        await self._persist(lambda: self.registry.add_attachment(att))
-        self._tap_locks.pop(att.key, None)
+        check_id(vm_id, "vm_id")
+        check_nic(nic)
+        async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
+            att = self._attachment(vm_id, nic)
+            await self._delete_tap(att.key)
+            faultpoint.reached("detach.tap-deleted")
+            await self.registry.commit(self.registry.change("remove_attachment", att))
         net = self.registry.networks.get(att.network_id)
         if net is not None:
             self.on_network_changed(net)
@@ -320,14 +362,16 @@ class Engine:
     # -- TAPs --------------------------------------------------------------
     async def create_tap(self, vm_id: str, nic: str, uid: int | None = None, gid: int | None = None,
                          name: str = "") -> str:
-        att = self._attachment(vm_id, nic)
+        check_id(vm_id, "vm_id")
+        check_nic(nic)
         if uid is not None:
             check_uid(uid, "owner_uid")
         if gid is not None:
             check_uid(gid, "owner_gid")
         if name:
             check_ifname(name, "tap_name")
-        async with self._tap_locks[att.key]:
+        async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
+            att = self._attachment(vm_id, nic)
             if (tap := self.taps.get(att.key)) is not None:
                 return tap.name  # VM start retried: same TAP
             net = self.registry.networks[att.network_id]
@@ -351,29 +395,51 @@ class Engine:
         check_id(vm_id, "vm_id")
         check_nic(nic)
         key = (vm_id, nic)
-        async with self._tap_locks[key]:
-            # Forget it first, so the kernel's delete event is not taken for drift.
-            tap = self._drop_tap(key)
-            if tap is None:
+        async with self.gate.shared(), self._nic_locks.hold(key):
+            if not await self._delete_tap(key):
                 return
-            try:
-                await self.netlink.delete_link(tap.name)
-            except BaseException:
-                self._set_tap(key, tap)
-                raise
         att = self.registry.attachments.get(key)
         if att is not None and att.network_id in self.registry.networks:
             self.on_network_changed(self.registry.networks[att.network_id])
 
+    async def _delete_tap(self, key: tuple[str, str]) -> bool:
+        """Destroys the VM NIC's TAP, if it has one; its lock is held."""
+        # Forget it first, so the kernel's delete event is not taken for drift.
+        tap = self._drop_tap(key)
+        if tap is None:
+            return False
+        try:
+            await self.netlink.delete_link(tap.name)
+        except BaseException:
+            self._set_tap(key, tap)
+            raise
+        return True
+
     # -- reconcile -----------------------------------------------------------
     async def reconcile(self) -> dict[str, int]:
-        """Brings the kernel in line with the registry: adopts our TAPs,
-        reaps tagged TAPs whose attachment is gone, repairs drift. Devices
-        without fcnetd's tag are never touched."""
+        """Brings the kernel in line with the registry. Requests are
+        coalesced: all that arrive while one waits for the gate share it,
+        so a storm of triggers costs at most one run more than the one in
+        progress."""
+        if self._reconcile_queued is None:
+            self._reconcile_queued = asyncio.ensure_future(self._queued_reconcile())
+        return await asyncio.shield(self._reconcile_queued)
+
+    async def _queued_reconcile(self) -> dict[str, int]:
+        async with self.gate.exclusive():
+            self._reconcile_queued = None  # a request from now on needs a run of its own
+            return await self.reconcile_exclusive()
+
+    async def reconcile_exclusive(self) -> dict[str, int]:
+        """The reconcile itself, for a caller that holds the gate alone:
+        adopts our TAPs, reaps tagged TAPs whose attachment is gone, repairs
+        drift. Devices without fcnetd's tag are never touched."""
+        assert self.gate.held_exclusive, "reconcile runs with the gate held alone"
         result = defaultdict(int)
         for bridge in self.config.bridges:
             await self.refresh_bridge(bridge)
         kernel = await self.netlink.taps()
+        faultpoint.reached("reconcile.dumped")
         adopted = {}
         for key, tap in kernel.items():
             att = self.registry.attachments.get(key)
@@ -401,25 +467,31 @@ class Engine:
         try:
             await self.sync_uplinks()
         except E.FcnetError as e:
+            result["error"] += 1
             log.warning("uplink sync failed: %s", e)
         for k, v in result.items():
             self.stats.reconcile[k] += v
         return dict(result)
 
-    async def load_snapshot(self, snap: Snapshot) -> None:
-        """A valid hand edit of the registry: take it, then reconcile. A record
-        edited in place is announced as removed and added again."""
-        old = dict(self.registry.networks)
-        self.registry.replace(snap)
-        for net_id, net in old.items():
-            if snap.networks.get(net_id) != net:
-                self.on_network_removed(net)
-        for net_id, net in snap.networks.items():
-            if old.get(net_id) != net:
-                self.on_network_added(net)
-        await self.reconcile()
+    async def load_snapshot(self, snap: Snapshot) -> list[str]:
+        """A valid hand edit of the registry: taken with nothing in flight
+        (the gate held alone), the journal's later changes applied on top,
+        then reconciled. A record edited in place is announced as removed
+        and added again. Returns the journal lines that no longer fit."""
+        async with self.gate.exclusive():
+            old = dict(self.registry.networks)
+            skipped = self.registry.take_edit(snap)
+            new = self.registry.networks
+            for net_id, net in old.items():
+                if new.get(net_id) != net:
+                    self.on_network_removed(net)
+            for net_id, net in new.items():
+                if old.get(net_id) != net:
+                    self.on_network_added(net)
+            await self.reconcile_exclusive()
         for net in self.registry.networks.values():
             self.on_network_changed(net)
+        return skipped
 
     def describe(self) -> dict:
         return {

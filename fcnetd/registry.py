@@ -1,8 +1,17 @@
-"""The persistent registry: networks and VM attachments, one JSON file.
+"""The persistent registry: networks and VM attachments.
 
-Only fcnetd writes it. Writes are atomic (temp file, fsync, rename, fsync of
-the directory) and grouped: concurrent mutations share one write, and every
-caller's reply waits until its change is on disk.
+On disk it is two files in the state directory. `registry.json` is a
+readable snapshot (`seq`: the last change it holds); `registry.journal`
+continues it, one change a line. A change is applied in memory at once (so
+the next caller's checks see it) and becomes durable when its group of lines
+is appended and fsync'd; its caller is answered only then. If a write fails,
+every change not yet durable is undone in memory, newest first, and each of
+their callers gets the error: memory goes back to exactly what is on disk.
+
+The journal is folded into a fresh snapshot in the background once it
+outgrows the snapshot, and at a clean stop. At start: snapshot, then the
+journal's lines after its seq; a torn last line was never acknowledged and
+is dropped.
 """
 
 from __future__ import annotations
@@ -11,99 +20,197 @@ import asyncio
 import errno
 import fcntl
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 
+from . import faultpoint
+from .atomicfile import write_atomic
 from .errors import FcnetError, InvalidArgs
+from .journal import Journal, JournalError
 from .model import Attachment, Network
 
-SCHEMA = 1
+log = logging.getLogger("fcnetd.registry")
+SCHEMA = 2  # 2: registry.json carries `seq` and is continued by registry.journal
 FILENAME = "registry.json"
+JOURNAL = "registry.journal"
 LOCKNAME = "registry.lock"
+COMPACT_MIN_BYTES = 1 << 20  # below this a journal is cheaper to keep than to fold
 
 
 class RegistryError(Exception):
     """The registry cannot be used; the daemon must not start (or go on) with it."""
 
 
+class RegistryWriteFailed(FcnetError):
+    name = "Internal"
+
+
 @dataclass(frozen=True)
 class Snapshot:
     networks: dict[str, Network]
     attachments: dict[tuple[str, str], Attachment]
+    seq: int = 0
 
 
+# -- the snapshot file -----------------------------------------------------------
 def parse(text: str, where: str) -> Snapshot:
     try:
         data = json.loads(text)
-    except ValueError as e:
-        raise RegistryError(f"{where} is not valid JSON ({e}); fix or move it aside") from None
-    if not isinstance(data, dict) or not isinstance(data.get("schema"), int):
+    except (ValueError, RecursionError) as e:
+        reason = "nested too deeply" if isinstance(e, RecursionError) else e
+        raise RegistryError(f"{where} is not valid JSON ({reason}); fix or move it aside") from None
+    if not isinstance(data, dict):
         raise RegistryError(f"{where} has no schema version; fix or move it aside")
-    if data["schema"] > SCHEMA:
+    schema = data.get("schema")
+    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
+        raise RegistryError(f"{where} has no schema version (a whole number from 1); fix or move it aside")
+    if schema > SCHEMA:
         raise RegistryError(
-            f"{where} has schema {data['schema']}, newer than this fcnetd understands ({SCHEMA}); "
-            "run a newer fcnetd")
-    networks: dict[str, Network] = {}
-    attachments: dict[tuple[str, str], Attachment] = {}
+            f"{where} has schema {schema}, newer than this fcnetd understands ({SCHEMA}); run a newer fcnetd")
+    seq = data.get("seq", 0)
+    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+        raise RegistryError(f"{where}: seq must be a whole number from 0")
+    state = State()
     try:
+        for key in ("networks", "attachments"):
+            if not isinstance(data.get(key, []), list):
+                raise RegistryError(f"{where}: {key} must be a list")
         for raw in data.get("networks", []):
-            net = Network.from_dict(raw)
-            if net.id in networks:
-                raise RegistryError(f"{where}: network id {net.id} appears twice")
-            networks[net.id] = net
+            net = Network.from_dict(_record(raw, "network"))
+            if (why := state.conflict(net)) is not None:
+                raise RegistryError(f"{where}: {why}")
+            state.add_network(net)
         for raw in data.get("attachments", []):
-            att = Attachment.from_dict(raw)
-            if att.network_id not in networks:
-                raise RegistryError(f"{where}: attachment {att.vm_id}/{att.nic} names unknown network {att.network_id}")
-            if att.key in attachments:
-                raise RegistryError(f"{where}: attachment {att.vm_id}/{att.nic} appears twice")
-            attachments[att.key] = att
+            att = Attachment.from_dict(_record(raw, "attachment"))
+            if (why := state.attachment_conflict(att)) is not None:
+                raise RegistryError(f"{where}: {why}")
+            state.add_attachment(att)
     except (InvalidArgs, ValueError, TypeError, AttributeError) as e:
         raise RegistryError(f"{where}: invalid record: {e}") from None
-    names = [n.name for n in networks.values()]
-    if len(set(names)) != len(names):
-        raise RegistryError(f"{where}: network names are not unique")
-    keys = [(n.host, n.bridge, n.vlan) for n in networks.values()]
-    if len(set(keys)) != len(keys):
-        raise RegistryError(f"{where}: two networks share host, bridge and VLAN")
-    return Snapshot(networks, attachments)
+    return Snapshot(state.networks, state.attachments, seq)
+
+
+def _record(raw: object, what: str) -> dict:
+    if not isinstance(raw, dict):
+        raise InvalidArgs(what, "each record must be a JSON object")
+    return raw
 
 
 def serialize(snap: Snapshot) -> bytes:
-    data = {
-        "schema": SCHEMA,
-        "networks": [n.to_dict() for n in snap.networks.values()],
-        "attachments": [a.to_dict() for a in snap.attachments.values()],
-    }
     # One record a line: compact enough to write fast, still diffable by hand.
-    lines = ['{"schema": %d,' % SCHEMA, ' "networks": [']
-    lines.append(",\n".join("  " + json.dumps(n, separators=(",", ":")) for n in data["networks"]))
-    lines.append(' ],\n "attachments": [')
-    lines.append(",\n".join("  " + json.dumps(a, separators=(",", ":")) for a in data["attachments"]))
-    lines.append(" ]}\n")
-    return "\n".join(lines).encode()
+    nets = ",\n".join("  " + json.dumps(n.to_dict(), separators=(",", ":")) for n in snap.networks.values())
+    atts = ",\n".join("  " + json.dumps(a.to_dict(), separators=(",", ":")) for a in snap.attachments.values())
+    return (f'{{"schema": {SCHEMA}, "seq": {snap.seq},\n "networks": [\n{nets}\n ],\n'
+            f' "attachments": [\n{atts}\n ]}}\n').encode()
 
 
-def write_atomic(path: str, payload: bytes, mode: int = 0o600) -> os.stat_result:
-    directory = os.path.dirname(path) or "."
-    tmp = f"{path}.tmp.{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+# -- the in-memory state and its indexes ---------------------------------------------
+class State:
+    """Networks and attachments with the indexes every lookup uses."""
+
+    def __init__(self):
+        self.networks: dict[str, Network] = {}
+        self.by_name: dict[str, Network] = {}
+        self.by_key: dict[tuple[str, str, int], Network] = {}
+        self.attachments: dict[tuple[str, str], Attachment] = {}
+        self.by_network: dict[str, dict[tuple[str, str], Attachment]] = {}
+        self.bridge_load: dict[str, int] = {}  # bridge -> attachments on its networks
+
+    def conflict(self, net: Network) -> str | None:
+        if net.id in self.networks:
+            return f"network id {net.id} appears twice"
+        if net.name in self.by_name:
+            return f"network name {net.name!r} appears twice"
+        if (net.host, net.bridge, net.vlan) in self.by_key:
+            return f"networks {self.by_key[(net.host, net.bridge, net.vlan)].name} and {net.name} share host, bridge and VLAN"
+        return None
+
+    def attachment_conflict(self, att: Attachment) -> str | None:
+        if att.network_id not in self.networks:
+            return f"attachment {att.vm_id}/{att.nic} names unknown network {att.network_id}"
+        if att.key in self.attachments:
+            return f"attachment {att.vm_id}/{att.nic} appears twice"
+        return None
+
+    def add_network(self, net: Network) -> None:
+        self.networks[net.id] = net
+        self.by_name[net.name] = net
+        self.by_key[(net.host, net.bridge, net.vlan)] = net
+        self.by_network.setdefault(net.id, {})
+
+    def remove_network(self, net: Network) -> None:
+        del self.networks[net.id]
+        del self.by_name[net.name]
+        del self.by_key[(net.host, net.bridge, net.vlan)]
+        self.by_network.pop(net.id, None)
+
+    def add_attachment(self, att: Attachment) -> None:
+        self.attachments[att.key] = att
+        self.by_network.setdefault(att.network_id, {})[att.key] = att
+        bridge = self.networks[att.network_id].bridge
+        self.bridge_load[bridge] = self.bridge_load.get(bridge, 0) + 1
+
+    def remove_attachment(self, att: Attachment) -> None:
+        del self.attachments[att.key]
+        self.by_network.get(att.network_id, {}).pop(att.key, None)
+        bridge = self.networks[att.network_id].bridge
+        self.bridge_load[bridge] = self.bridge_load.get(bridge, 0) - 1
+
+    # A change and its inverse, by name: how the journal and undo apply them.
+    def apply(self, op: str, record) -> None:
+        getattr(self, op)(record)
+
+
+INVERSE = {"add_network": "remove_network", "remove_network": "add_network",
+           "add_attachment": "remove_attachment", "remove_attachment": "add_attachment"}
+
+
+class Change:
+    """One change to the registry; also the caller's ticket for commit()."""
+
+    __slots__ = ("seq", "op", "record", "durable", "error")
+
+    def __init__(self, seq: int, op: str, record):
+        self.seq, self.op, self.record = seq, op, record
+        self.durable = False
+        self.error: Exception | None = None
+
+    def line(self) -> bytes:
+        rec = self.record
+        body = {"add_network": lambda: {"network": rec.to_dict()},
+                "remove_network": lambda: {"id": rec.id},
+                "add_attachment": lambda: {"attachment": rec.to_dict()},
+                "remove_attachment": lambda: {"vm_id": rec.vm_id, "nic": rec.nic}}[self.op]()
+        return (json.dumps({"seq": self.seq, "op": self.op, **body}, separators=(",", ":")) + "\n").encode()
+
+
+def replay(state: State, record: dict) -> str | None:
+    """Applies one journal record; returns why it was skipped, if it was. A
+    record that does not fit can only follow a hand edit of the snapshot."""
+    op = record.get("op")
     try:
-        view = memoryview(payload)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-        st = os.fstat(fd)
-    finally:
-        os.close(fd)
-    os.rename(tmp, path)
-    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-    return st
+        if op == "add_network":
+            target = Network.from_dict(_record(record.get("network"), "network"))
+            why = state.conflict(target)
+        elif op == "remove_network":
+            target = state.networks.get(record.get("id"))
+            why = (f"network {record.get('id')} is not there" if target is None else
+                   f"network {target.name} still has attachments" if state.by_network.get(target.id) else None)
+        elif op == "add_attachment":
+            target = Attachment.from_dict(_record(record.get("attachment"), "attachment"))
+            why = state.attachment_conflict(target)
+        elif op == "remove_attachment":
+            target = state.attachments.get((record.get("vm_id"), record.get("nic")))
+            why = f"attachment {record.get('vm_id')}/{record.get('nic')} is not there" if target is None else None
+        else:
+            return f"unknown op {str(op)[:40]!r}"
+    except (InvalidArgs, ValueError, TypeError) as e:
+        return f"invalid record: {e}"
+    if why is None:
+        state.apply(op, target)
+    return why
 
 
 class Lock:
@@ -134,117 +241,199 @@ class Lock:
             self.fd = -1
 
 
-class Registry:
-    """In-memory indexes over the registry plus its persistence."""
+class Registry(State):
+    """The state plus its persistence: group commit with batch abort, the
+    journal, and compaction. State's add_/remove_ methods change memory
+    only (loading, tests); change() is how the engine changes the registry."""
 
     def __init__(self, state_dir: str, observer=None):
+        super().__init__()
         self.state_dir = state_dir
         self.path = os.path.join(state_dir, FILENAME)
-        self.networks: dict[str, Network] = {}
-        self.by_name: dict[str, Network] = {}
-        self.by_key: dict[tuple[str, str, int], Network] = {}
-        self.attachments: dict[tuple[str, str], Attachment] = {}
-        self.by_network: dict[str, dict[tuple[str, str], Attachment]] = {}
-        # Bumped by every change of content, loads included: commit() writes
-        # when it is ahead of the version on disk, caches compare it.
+        self.journal = Journal(os.path.join(state_dir, JOURNAL))
+        # Bumped by every change of content (undo and loads included), so
+        # caches can tell they are stale.
         self.version = 0
-        self._written = 0
-        self.write_lock = asyncio.Lock()
+        self.seq = 0       # the last change made
+        self.durable = 0   # the last change on disk
+        self._pending: list[Change] = []
+        self.write_lock = asyncio.Lock()     # one journal append at a time
+        self.snapshot_lock = asyncio.Lock()  # one registry.json writer at a time (us or compaction)
         self.last_write: os.stat_result | None = None
-        # observer(seconds, ok) is told of every write, for metrics.
+        self._snapshot_bytes = 0
+        self._compacting: asyncio.Task | None = None
+        # observer(seconds, ok) is told of every journal write, for metrics.
         self.observer = observer or (lambda seconds, ok: None)
 
     # -- loading -------------------------------------------------------
-    def load(self) -> None:
+    def load(self) -> list[str]:
+        """Reads the snapshot and replays the journal; returns the journal
+        records it had to skip (each with the reason), for the log."""
         self._remove_stale_temp_files()
         try:
             with open(self.path, encoding="utf-8") as f:
                 text = f.read()
+            snap = parse(text, self.path)
+            self._snapshot_bytes = len(text)
         except FileNotFoundError:
-            self.replace(Snapshot({}, {}))
-            return
+            snap = Snapshot({}, {})
         except UnicodeDecodeError:
             raise RegistryError(f"{self.path} is not UTF-8 text; fix or move it aside") from None
-        self.replace(parse(text, self.path))
+        try:
+            records, good, torn = Journal.read(self.journal.path)
+        except JournalError as e:
+            raise RegistryError(str(e)) from None
+        self.replace(snap)
+        skipped = self._replay(records, snap.seq)
+        if torn:
+            log.warning("%s ended in a torn line (a write cut short, never acknowledged); dropped it",
+                        self.journal.path)
+            os.truncate(self.journal.path, good)
+        self.seq = self.durable = max([snap.seq] + [r["seq"] for r in records])
+        self.journal.open()
+        return skipped
+
+    def _replay(self, records: list[dict], after: int) -> list[str]:
+        skipped = []
+        for record in records:
+            if record["seq"] <= after:
+                continue  # already in the snapshot
+            if (why := replay(self, record)) is not None:
+                skipped.append(f"journal seq {record['seq']} ({record.get('op')}): {why}")
+        self.version += 1
+        return skipped
 
     def _remove_stale_temp_files(self) -> None:
         """A daemon killed mid-write leaves its temp file; the lock we hold
         proves no writer is alive, and the real file was never touched."""
-        prefix = FILENAME + ".tmp."
         for name in os.listdir(self.state_dir):
-            if name.startswith(prefix):
+            if name.startswith((FILENAME + ".tmp.", JOURNAL + ".tmp.")):
                 os.unlink(os.path.join(self.state_dir, name))
 
     def replace(self, snap: Snapshot) -> None:
+        State.__init__(self)
         self.version += 1
-        self.networks = {}
-        self.by_name, self.by_key, self.by_network = {}, {}, {}
-        self.attachments = {}
         for net in sorted(snap.networks.values(), key=lambda n: n.created):
-            self._index_network(net)
+            self.add_network(net)
         for att in snap.attachments.values():
-            self._index_attachment(att)
+            self.add_attachment(att)
 
     def snapshot(self) -> Snapshot:
-        return Snapshot(dict(self.networks), dict(self.attachments))
+        return Snapshot(dict(self.networks), dict(self.attachments), self.seq)
 
-    # -- mutations (memory only; commit() persists) ----------------------
-    def _index_network(self, net: Network) -> None:
-        self.networks[net.id] = net
-        self.by_name[net.name] = net
-        self.by_key[(net.host, net.bridge, net.vlan)] = net
-        self.by_network.setdefault(net.id, {})
+    # -- changes (memory now, disk at commit) --------------------------
+    def change(self, op: str, record) -> Change:
+        self.apply(op, record)
+        self.seq += 1
+        self.version += 1
+        change = Change(self.seq, op, record)
+        self._pending.append(change)
+        return change
 
-    def _index_attachment(self, att: Attachment) -> None:
-        self.attachments[att.key] = att
-        self.by_network.setdefault(att.network_id, {})[att.key] = att
-
-    def add_network(self, net: Network) -> None:
-        self._index_network(net)
+    def _abort(self, error: Exception) -> None:
+        """Undoes every change not on disk, newest first, and fails each."""
+        for change in reversed(self._pending):
+            self.apply(INVERSE[change.op], change.record)
+            change.error = error
+        self._pending.clear()
         self.version += 1
 
-    def remove_network(self, net: Network) -> None:
-        del self.networks[net.id]
-        del self.by_name[net.name]
-        del self.by_key[(net.host, net.bridge, net.vlan)]
-        self.by_network.pop(net.id, None)
-        self.version += 1
+    async def commit(self, change: Change | None = None) -> None:
+        """Returns once `change` (default: every change made so far) is on
+        disk; raises RegistryWriteFailed if it was undone instead.
 
-    def add_attachment(self, att: Attachment) -> None:
-        self._index_attachment(att)
-        self.version += 1
-
-    def remove_attachment(self, att: Attachment) -> None:
-        del self.attachments[att.key]
-        self.by_network.get(att.network_id, {}).pop(att.key, None)
-        self.version += 1
-
-    # -- persistence -----------------------------------------------------
-    def save_now(self) -> None:
-        """Synchronous write, for start-up and recovery paths."""
-        self.last_write = write_atomic(self.path, serialize(self.snapshot()))
-        self._written = self.version
-
-    async def commit(self) -> None:
-        """Returns once every mutation made before the call is on disk.
-
-        Callers that arrive while a write is in flight wait for it and then
-        share the next one, so a burst of N mutations costs about two writes.
-        """
-        wanted = self.version
-        async with self.write_lock:
-            if self._written >= wanted:
+        Changes made while a write is in flight share the next write, so a
+        burst of N changes costs about two appends and fsyncs."""
+        if change is None:
+            if not self._pending:
                 return
-            version = self.version
-            snap = self.snapshot()  # frozen records in fresh dicts: safe to encode elsewhere
-            started = time.perf_counter()
-            try:
-                self.last_write = await asyncio.to_thread(lambda: write_atomic(self.path, serialize(snap)))
-            except OSError as e:
-                self.observer(time.perf_counter() - started, False)
-                raise RegistryWriteFailed(f"cannot write {self.path}: {e.strerror}") from e
-            self.observer(time.perf_counter() - started, True)
-            self._written = version
+            change = self._pending[-1]
+        while not change.durable:
+            if change.error is not None:
+                raise change.error
+            async with self.write_lock:
+                if change.durable or change.error is not None:
+                    continue
+                await self._write_pending()
+        self._maybe_compact()
+
+    async def _write_pending(self) -> None:
+        batch = list(self._pending)
+        payload = b"".join(c.line() for c in batch)
+        started = time.perf_counter()
+        try:
+            await asyncio.to_thread(self.journal.append, payload)
+        except OSError as e:
+            self.observer(time.perf_counter() - started, False)
+            error = RegistryWriteFailed(
+                f"the change was not saved: cannot write {self.journal.path}: {e.strerror}; nothing was changed")
+            log.error("registry write failed (%s): undid %d change(s) not on disk", e.strerror, len(self._pending))
+            self._abort(error)
+            return
+        self.observer(time.perf_counter() - started, True)
+        for c in batch:
+            c.durable = True
+        del self._pending[:len(batch)]
+        self.durable = batch[-1].seq
+
+    # -- snapshots -------------------------------------------------------
+    def _durable_snapshot(self) -> Snapshot:
+        """What is on disk: memory less the changes still pending."""
+        state = State()
+        state.networks, state.attachments = dict(self.networks), dict(self.attachments)
+        state.by_name, state.by_key = dict(self.by_name), dict(self.by_key)
+        state.by_network = {}  # not read by what follows: left empty, not copied
+        for change in reversed(self._pending):
+            state.apply(INVERSE[change.op], change.record)
+        return Snapshot(state.networks, state.attachments, self.durable)
+
+    def _write_snapshot(self, snap: Snapshot) -> None:
+        payload = serialize(snap)
+        self.last_write = write_atomic(self.path, payload)
+        self._snapshot_bytes = len(payload)
+
+    def save_now(self) -> None:
+        """Folds the journal into a new snapshot, synchronously: for start-up,
+        a clean stop and recovery paths, where no write is in flight."""
+        self._write_snapshot(self._durable_snapshot())
+        faultpoint.reached("compact.after-snapshot")
+        self.journal.drop_before(self.journal.size)
+
+    def _maybe_compact(self) -> None:
+        if self._compacting is None and self.journal.size > max(COMPACT_MIN_BYTES, self._snapshot_bytes):
+            self._compacting = asyncio.get_running_loop().create_task(self._compact())
+            self._compacting.add_done_callback(self._compacted)
+
+    def _compacted(self, task: asyncio.Task) -> None:
+        self._compacting = None
+        if not task.cancelled() and task.exception() is not None:
+            log.error("compacting the registry journal failed; will try again: %s", task.exception())
+
+    async def _compact(self) -> None:
+        async with self.snapshot_lock:
+            async with self.write_lock:
+                snap = self._durable_snapshot()
+                offset = self.journal.size
+            # Appends go on meanwhile; they land after `offset`.
+            await asyncio.to_thread(self._write_snapshot, snap)
+            faultpoint.reached("compact.after-snapshot")
+            async with self.write_lock:
+                await asyncio.to_thread(self.journal.drop_before, offset)
+
+    def take_edit(self, snap: Snapshot) -> list[str]:
+        """A hand edit of registry.json, taken with no change pending: the
+        edit, then the journal's lines after the seq the edit was made from;
+        the result is written back at once as the new snapshot."""
+        assert not self._pending, "a hand edit is taken only with no change in flight"
+        records, _, _ = Journal.read(self.journal.path)
+        self.replace(snap)
+        skipped = self._replay(records, snap.seq)
+        self.seq = self.durable = max(self.durable, snap.seq)
+        self.save_now()
+        return skipped
+
+    def close(self) -> None:
+        self.journal.close()
 
     def is_own_file(self) -> bool:
         """True if the file on disk is the one this daemon last wrote."""
@@ -255,7 +444,3 @@ class Registry:
         last = self.last_write
         return last is not None and (st.st_ino, st.st_size, st.st_mtime_ns) == (
             last.st_ino, last.st_size, last.st_mtime_ns)
-
-
-class RegistryWriteFailed(FcnetError):
-    name = "Internal"
