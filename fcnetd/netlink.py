@@ -1,6 +1,7 @@
 """Every netlink operation of fcnetd. pyroute2 (imported here only) builds
-each message and carries all but two kinds: the VM-start path's link change
-and the link events, which go through rawnetlink's leaner byte-level code.
+each message and carries all but three kinds: the VM-start path's link
+change, the link events and the dump of every bridge port's VLANs, which go
+through rawnetlink's leaner byte-level code.
 
 Creates are idempotent, deletes tolerate a device that is already gone, and
 kernel errors become domain errors in one place (translate), by errno name
