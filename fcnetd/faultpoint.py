@@ -1,10 +1,15 @@
-"""Named points where the fault tier kills the daemon (tests/faults/).
+"""Named crash points for the fault-injection tier (tests/faults/).
 
-Inert in production: unless FCNETD_FAULT_POINT is set in the daemon's
-environment when this module is imported, reached() returns at once.
-FCNETD_FAULT_POINT=NAME kills the process with SIGKILL the first time NAME
-is reached; NAME:N the N-th time. Every point is listed in POINTS, and a
-unit test holds the code and the list to each other.
+The daemon calls reached(name) at each step boundary where a crash must
+leave a state it can recover from. With FCNETD_FAULT_POINT=NAME in the
+environment (read once, at import), the process kills itself with SIGKILL
+the first time NAME is reached, as an OOM kill or a power cut would stop
+it: no cleanup, no finally blocks, no flushed buffers; NAME:N kills it the
+N-th time. Without the variable, reached() only tests one integer;
+production never sets it.
+
+POINTS lists every name, so a test can enumerate them, and a call with an
+unknown name is caught when the variable is set.
 """
 
 from __future__ import annotations
@@ -13,24 +18,34 @@ import os
 import signal
 
 POINTS = (
-    "journal.before-append",    # a group of registry changes about to be written
-    "journal.after-append",     # written and fsync'd, callers not yet answered
-    "compact.after-snapshot",   # new registry.json in place, journal not yet cut
-    "tap.created",              # TUNSETIFF done, the fd still open, nothing plugged
-    "tap.plugged",              # enslaved, tagged and in its VLAN, not yet persistent
-    "tap.persistent",           # persistent, not yet up / answered
-    "detach.tap-deleted",       # DetachVm: the TAP is gone, the attachment not yet
-    "reconcile.dumped",         # reconcile read the kernel, changed nothing yet
+    # netlink.Netlink.create_tap, in order; a TAP is persistent only from
+    # tap.persistent on, so a kill before it must leave no device at all.
+    "tap.opened",      # TUNSETIFF done: a TAP that lives as long as our fd
+    "tap.plugged",     # enslaved to the bridge, tagged (and up, when untagged)
+    "tap.vlans",       # in its VLAN only (tagged networks)
+    "tap.up",          # set up
+    "tap.persistent",  # TUNSETPERSIST done, fd still open
+    "tap.released",    # fd closed: the TAP is the VMM's to open
+    # registry.Registry and journal.Journal
+    "journal.before-append",   # a group of registry changes about to be written
+    "journal.after-append",    # written and fsync'd, callers not yet answered
+    "compact.after-snapshot",  # a new registry.json in place, the journal not yet cut
+    # engine.Engine
+    "detach.tap-deleted",      # DetachVm: the TAP is gone, the attachment not yet
+    "reconcile.dumped",        # reconcile read the kernel and changed nothing yet
 )
 
-_name, _, _count = os.environ.get("FCNETD_FAULT_POINT", "").partition(":")
-_remaining = int(_count or 1) if _name else 0
+_TARGET, _, _COUNT = os.environ.get("FCNETD_FAULT_POINT", "").partition(":")
+_remaining = int(_COUNT or 1) if _TARGET else 0
 
 
 def reached(name: str) -> None:
     global _remaining
-    if not _remaining or name != _name:
-        return
-    _remaining -= 1
     if not _remaining:
-        os.kill(os.getpid(), signal.SIGKILL)
+        return
+    if name not in POINTS:
+        raise AssertionError(f"fault point {name!r} is not listed in faultpoint.POINTS")
+    if name == _TARGET:
+        _remaining -= 1
+        if not _remaining:
+            os.kill(os.getpid(), signal.SIGKILL)

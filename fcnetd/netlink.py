@@ -1,30 +1,35 @@
 """Every netlink operation of fcnetd. pyroute2 (imported here only) builds
-each message and carries all but two kinds: the VM-start path's link change
-and the link events, which go through rawnetlink's leaner byte-level code.
+each message and carries all but three kinds: the VM-start path's link
+change, the link events and the dump of every bridge port's VLANs, which go
+through rawnetlink's leaner byte-level code.
 
 Creates are idempotent, deletes tolerate a device that is already gone, and
-kernel errors become domain errors in one place (_translate), by errno name.
+kernel errors become domain errors in one place (translate), by errno name
+and by what was being done to which kind of device.
 """
 
 from __future__ import annotations
 
 import asyncio
 import errno
+import os
 import socket
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pyroute2 import AsyncIPRoute, IPRoute
-from pyroute2.netlink import NLM_F_ACK, NLM_F_REQUEST
+from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import RTMGRP_LINK
 from pyroute2.netlink.rtnl.ifinfmsg import ifinfmsg
 
-from . import tundev
+from . import faultpoint, tundev
 from .errors import BridgeFull, BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
 from .model import parse_tap_tag, tap_tag
-from .rawnetlink import IFF_UP, RTM_NEWLINK, RequestSocket, parse_link_events
+from .rawnetlink import (AF_BRIDGE, IFF_UP, RTEXT_FILTER_BRVLAN, RTM_GETLINK, RTM_NEWLINK, SO_RCVBUFFORCE,
+                         LinkEvent, RequestSocket, latest_link_events, parse_port_vlans)
 
 VLAN_UNSUPPORTED_HINT = (
     "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); "
@@ -53,21 +58,75 @@ class TapState:
     carrier: bool
 
 
-def _translate(e: Exception, what: str) -> FcnetError:
+@dataclass(frozen=True)
+class Device:
+    """What an operation acts on: its kind decides what an errno means (ENODEV
+    on a bridge is BridgeNotFound, on a TAP it means the TAP vanished)."""
+    kind: str  # one of KINDS
+    name: str
+
+    @classmethod
+    def of(cls, what: Device | str) -> Device:
+        """A Device, or the "<kind> <name>" text the engine has always passed."""
+        if isinstance(what, Device):
+            return what
+        kind, _, name = what.partition(" ")
+        return cls(kind, name) if name and kind in KINDS else cls("device", what)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.name}"
+
+
+KINDS = ("bridge", "tap", "uplink", "device")
+
+# What each action was doing, as error messages say it ({bridge}: the bridge involved).
+DOING = {
+    "read": "reading its state",
+    "create": "creating it",
+    "up": "bringing it up",
+    "vlan_filtering": "turning on VLAN filtering",
+    "plug": "adding it to bridge {bridge} and tagging it",
+    "enslave": "adding it to bridge {bridge}",
+    "vlans": "setting its VLANs",
+    "persist": "making it persistent",
+    "delete": "deleting it",
+}
+
+ANY = None
+_TAKEN = "a device of that name already exists and was not created by fcnetd"
+# (errno name, kinds, actions, error, reason): the first matching row wins;
+# ANY matches every kind or action. Anything unmatched is Internal with the
+# errno's name. Each reason completes "<kind> <name>: <doing>: ".
+RULES = (
+    ("EOPNOTSUPP", ANY, ("vlan_filtering", "vlans"), VlanUnsupported, VLAN_UNSUPPORTED_HINT),
+    ("EEXIST", ("tap",), ("create",), TapExists, _TAKEN),
+    ("EBUSY", ("tap",), ("create",), TapExists, _TAKEN),
+    ("EBUSY", ANY, ("enslave", "plug"), Internal,
+     "it is held by another master device (a port of another bridge, a bond...): the kernel said EBUSY"),
+    ("ENODEV", ("bridge",), ANY, BridgeNotFound, "the bridge does not exist (deleted meanwhile?)"),
+    ("ENODEV", ("tap",), ANY, Internal, "the TAP vanished: something else deleted it meanwhile"),
+    ("ENODEV", ("uplink",), ANY, Internal, "no such device: check the uplink in fcnetd's config"),
+    ("ENODEV", ANY, ANY, Internal, "no such device"),
+    ("EXFULL", ANY, ("enslave", "plug"), BridgeFull,
+     "bridge {bridge} is full (a Linux bridge holds at most 1,023 ports); spread the VMs over more bridges"),
+    ("EPERM", ANY, ANY, Internal, "the daemon lacks CAP_NET_ADMIN"),
+    ("ENOENT", ("tap",), ("create",), Internal, f"{tundev.TUN_DEVICE} is missing (is the tun module loaded?)"),
+)
+
+
+def translate(e: Exception, device: Device | str, action: str, bridge: str = "") -> FcnetError:
+    """The domain error for a kernel refusal of `action` (a key of DOING) on
+    `device`; `bridge` names the bridge involved, if any."""
+    device = Device.of(device)
     code = getattr(e, "code", None) or getattr(e, "errno", None)
-    if code == errno.EOPNOTSUPP:
-        return VlanUnsupported(f"{what}: {VLAN_UNSUPPORTED_HINT}")
-    if code in (errno.EEXIST, errno.EBUSY):
-        return TapExists(f"{what}: a device of that name already exists and was not created by fcnetd")
-    if code == errno.ENODEV:
-        return BridgeNotFound(f"{what}: no such device")
-    if code == errno.EXFULL:
-        return BridgeFull(f"{what}: the bridge is full (a Linux bridge holds at most 1,023 ports); "
-                          "spread the VMs over more bridges")
-    if code == errno.EPERM:
-        return Internal(f"{what}: the daemon lacks CAP_NET_ADMIN")
+    context = f"{device}: {DOING[action].format(bridge=bridge or 'unknown')}"
+    for err, kinds, actions, error, reason in RULES:
+        if (getattr(errno, err) == code and (kinds is ANY or device.kind in kinds)
+                and (actions is ANY or action in actions)):
+            return error(f"{context}: {reason.format(bridge=bridge or 'unknown')}")
     name = errno.errorcode.get(code, str(code))
-    return Internal(f"{what}: kernel said {name}")
+    detail = f" ({os.strerror(code)})" if isinstance(code, int) else ""
+    return Internal(f"{context}: the kernel said {name}{detail}")
 
 
 def _bridge_state(msg) -> BridgeState:
@@ -90,6 +149,16 @@ def _tap_state(msg) -> TapState | None:
         carrier=msg.get("operstate") == "UP")
 
 
+def bridge_state_of(event: LinkEvent) -> BridgeState | None:
+    """A bridge's state as its link event tells it (None: the event is not a
+    bridge's, or says it is gone). Same meaning as Netlink.bridge(): the
+    kernel's word, no request needed."""
+    if event.kind != "bridge" or event.event != "RTM_NEWLINK":
+        return None
+    return BridgeState(name=event.ifname, index=event.index, up=event.up, vlan_filtering=event.vlan_filtering,
+                       default_pvid=event.default_pvid if event.default_pvid is not None else 1)
+
+
 class Netlink:
     """One AsyncIPRoute for requests in the event loop, plus a small pool of
     synchronous sockets for link deletion: the kernel holds a deleting task
@@ -105,7 +174,6 @@ class Netlink:
         self._sync_sockets: list[IPRoute] = []
         self._sockets_lock = threading.Lock()
 
-    EVENT_BATCH_SECONDS = 0.005
     MAX_IN_FLIGHT = 32  # requests on the async socket at once; more overran its buffer
 
     async def open(self) -> None:
@@ -173,14 +241,14 @@ class Netlink:
             self._requests.close()
 
     # -- bridges ---------------------------------------------------------
-    async def _link(self, name: str, what: str):
+    async def _link(self, name: str, kind: str):
         """The link message of `name`, or None if there is no such device."""
         try:
             return (await self._rt("link", "get", ifname=name))[0]
         except NetlinkError as e:
             if e.code == errno.ENODEV:
                 return None
-            raise _translate(e, f"{what} {name}") from e
+            raise translate(e, Device(kind, name), "read") from e
 
     async def bridge(self, name: str) -> BridgeState | None:
         msg = await self._link(name, "bridge")
@@ -191,6 +259,7 @@ class Netlink:
         return _bridge_state(msg)
 
     async def ensure_bridge(self, name: str, create: bool, mtu: int, vlan_filtering: bool) -> BridgeState:
+        device = Device("bridge", name)
         state = await self.bridge(name)
         if state is None:
             if not create:
@@ -202,76 +271,111 @@ class Netlink:
                 await self._rt("link", "add", ifname=name, kind="bridge", **extra)
             except NetlinkError as e:
                 if e.code != errno.EEXIST:  # lost a race with another creator: fine
-                    raise _translate(e, f"create bridge {name}") from e
+                    raise translate(e, device, "create") from e
             state = await self.bridge(name)
-        if not state.up:
-            await self._rt("link", "set", index=state.index, state="up")
+            if state is None:
+                raise BridgeNotFound(f"bridge {name}: deleted again right after it was created")
+        try:
+            if not state.up:
+                await self._rt("link", "set", index=state.index, state="up")
+        except NetlinkError as e:
+            raise translate(e, device, "up") from e
         if vlan_filtering and not state.vlan_filtering:
             try:
                 await self._rt("link", "set", index=state.index, kind="bridge", br_vlan_filtering=1)
             except NetlinkError as e:
-                raise _translate(e, f"bridge {name}") from e
+                raise translate(e, device, "vlan_filtering") from e
         return await self.bridge(name)
 
     # -- bridge port VLANs -----------------------------------------------
-    async def port_vlans(self, index: int) -> dict[int, set[str]]:
-        """VID -> flags ('pvid', 'untagged') of one bridge port."""
-        result: dict[int, set[str]] = {}
-        for msg in await self._dump("get_vlans", index=index):
-            spec = msg.get("IFLA_AF_SPEC")
-            if not spec:
-                continue
-            for name, info in spec["attrs"]:
-                if name == "IFLA_BRIDGE_VLAN_INFO":
-                    flags = set()
-                    if info["flags"] & 0x2:
-                        flags.add("pvid")
-                    if info["flags"] & 0x4:
-                        flags.add("untagged")
-                    result[info["vid"]] = flags
+    async def all_port_vlans(self) -> dict[int, dict[int, frozenset[str]]]:
+        """Every bridge port's VLANs, VID -> flags ('pvid', 'untagged'), by
+        interface index, from ONE dump (RTM_GETLINK, AF_BRIDGE, IFLA_EXT_MASK
+        RTEXT_FILTER_BRVLAN): reconcile reads it once, not once per port. Each
+        bridge appears too, with its own VLANs. A port is {} where the kernel
+        has no VLAN filtering (or the port no VLAN)."""
+        def encode(seq: int) -> bytes:
+            msg = ifinfmsg()
+            msg["family"] = AF_BRIDGE
+            msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN)]
+            msg["header"].update(type=RTM_GETLINK, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=seq)
+            msg.encode()
+            return msg.data
+        try:
+            parts = await self._requests.dump(encode)
+        except OSError as e:
+            raise translate(e, Device("device", "(all bridge ports)"), "read") from e
+        result: dict[int, dict[int, frozenset[str]]] = {}
+        for data in parts:
+            parse_port_vlans(data, result)
         return result
 
-    async def set_port_vlans(self, index: int, wanted: dict[int, set[str]], what: str) -> None:
-        """Makes the port a member of exactly `wanted` (VID -> flags)."""
+    async def port_vlans(self, index: int) -> dict[int, frozenset[str]]:
+        """VID -> flags ('pvid', 'untagged') of one bridge port. The kernel
+        can only dump every port: for many ports, use all_port_vlans once."""
+        return (await self.all_port_vlans()).get(index, {})
+
+    async def set_port_vlans(self, index: int, wanted: dict[int, set[str]], what: Device | str,
+                             current: dict[int, frozenset[str]] | None = None) -> None:
+        """Makes the port a member of exactly `wanted` (VID -> flags).
+        current: its VLANs now (from all_port_vlans), to spare a dump."""
         try:
-            current = await self.port_vlans(index)
+            if current is None:
+                current = await self.port_vlans(index)
             for vid, flags in wanted.items():
                 if current.get(vid) != flags:
                     await self._rt("vlan_filter", "add", index=index,
-                                               vlan_info={"vid": vid, "flags": sorted(flags)})
+                                   vlan_info={"vid": vid, "flags": sorted(flags)})
             for vid in current.keys() - wanted.keys():
                 await self._rt("vlan_filter", "del", index=index, vlan_info={"vid": vid})
         except NetlinkError as e:
-            raise _translate(e, what) from e
+            raise translate(e, what, "vlans") from e
 
     # -- TAPs ------------------------------------------------------------
     async def create_tap(self, name: str, vm_id: str, nic: str, bridge: BridgeState, vlan: int,
                          uid: int | None, gid: int | None, mtu: int) -> TapState:
-        """Creates, tags, plugs and raises a TAP; on failure nothing is left behind."""
+        """Creates, tags, plugs and raises a TAP; on failure nothing is left
+        behind. The TAP becomes persistent last, once it is tagged and in its
+        VLAN: until then it lives only as long as the fd that made it, so a
+        crash at any step (the daemon killed) leaves no device or a tagged,
+        finished one, never an untagged device nobody would remove."""
+        tap = Device("tap", name)
         try:
-            tundev.create_persistent_tap(name, uid, gid)
+            fd = tundev.create_tap(name, uid, gid)
         except OSError as e:
-            raise _translate(e, f"tap {name}") from e
+            raise translate(e, tap, "create") from e
+        faultpoint.reached("tap.opened")
+        action = "plug"
         try:
             index = socket.if_nametoindex(name)  # one ioctl; link_lookup would dump every link
-            if not vlan:
-                await self._set_link(index, master=bridge.index, ifalias=tap_tag(vm_id, nic), mtu=mtu,
-                                     up=True)
-            else:
-                await self._set_link(index, master=bridge.index, ifalias=tap_tag(vm_id, nic), mtu=mtu)
+            await self._set_link(index, master=bridge.index, ifalias=tap_tag(vm_id, nic), mtu=mtu, up=not vlan)
+            faultpoint.reached("tap.plugged")
+            if vlan:
                 # Enslaving made it a member of the bridge's default VLAN; a
                 # tagged network's TAP must be in its own VLAN and no other.
                 # It is still down, so no frame crossed in between.
+                action = "vlans"
                 await self._rt("vlan_filter", "add", index=index,
-                                           vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
+                               vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
                 if bridge.default_pvid and bridge.default_pvid != vlan:
                     await self._rt("vlan_filter", "del", index=index, vlan_info={"vid": bridge.default_pvid})
+                faultpoint.reached("tap.vlans")
+                action = "up"
                 await self._set_link(index, up=True)
+            faultpoint.reached("tap.up")
+            action = "persist"
+            tundev.make_persistent(fd)
+            faultpoint.reached("tap.persistent")
         except BaseException as e:
-            await self.delete_link(name)
-            if isinstance(e, NetlinkError):
-                raise _translate(e, f"tap {name}") from e
+            # Closing the fd of a TAP that is not persistent removes it. The
+            # kernel does that inside close(), waiting out an RCU grace
+            # period, so off the event loop like every delete.
+            await asyncio.get_running_loop().run_in_executor(self._pool, os.close, fd)
+            if isinstance(e, (NetlinkError, OSError)):
+                raise translate(e, tap, action, bridge.name) from e
             raise
+        os.close(fd)  # persistent now: this only lets go of it
+        faultpoint.reached("tap.released")
         return TapState(name, index, vm_id, nic, bridge.index, True, False)
 
     async def taps(self) -> dict[tuple[str, str], TapState]:
@@ -287,11 +391,13 @@ class Netlink:
         found = await self._rt("link_lookup", ifname=name)
         return found[0] if found else None
 
-    async def set_master(self, index: int, master: int, what: str) -> None:
+    async def set_master(self, index: int, master: int, what: Device | str, bridge: str = "") -> None:
+        """Enslaves device `index` (what: which one, for errors) to `master`,
+        the bridge named `bridge`."""
         try:
             await self._rt("link", "set", index=index, master=master)
         except NetlinkError as e:
-            raise _translate(e, what) from e
+            raise translate(e, what, "enslave", bridge) from e
 
     def _sync_socket(self) -> IPRoute:
         ipr = getattr(self._local, "ipr", None)
@@ -301,28 +407,73 @@ class Netlink:
                 self._sync_sockets.append(ipr)
         return ipr
 
-    def _delete_blocking(self, name: str) -> None:
+    def _delete_blocking(self, name: str, what: Device | str) -> None:
         try:
             self._sync_socket().link("del", ifname=name)
         except NetlinkError as e:
             if e.code not in (errno.ENODEV, errno.ENOENT):
-                raise _translate(e, f"delete {name}") from e
+                raise translate(e, what, "delete") from e
 
-    async def delete_link(self, name: str) -> None:
-        """Deletes a device; a device that is already gone is success."""
-        await asyncio.get_running_loop().run_in_executor(self._pool, self._delete_blocking, name)
+    async def delete_link(self, name: str, what: Device | str | None = None) -> None:
+        """Deletes a device (what: which one, for errors; a TAP by default);
+        a device that is already gone is success."""
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._delete_blocking, name, what or Device("tap", name))
 
     # -- link events -------------------------------------------------------
     async def watch_links(self, callback, sock: socket.socket | None = None) -> None:
         """Calls callback(event, ifname, up, carrier) for every link change
         until cancelled; callback(None, None, False, False) after an overrun.
         sock: the event source, a link-group rtnetlink socket by default.
-        The events are decoded by rawnetlink.parse_link_events."""
-        if sock is None:
+        The older form of LinkMonitor, which subscribes before a dump and
+        tells more."""
+        def deliver(event: LinkEvent | None) -> None:
+            if event is None:
+                callback(None, None, False, False)
+            else:
+                callback(*event[:4])
+        await LinkMonitor(sock).open().run(deliver)
+
+
+class LinkMonitor:
+    """Link events for the daemon's life.
+
+    open() subscribes: from then on the kernel queues every link change in
+    the socket's buffer. So open it BEFORE reading the kernel's state at
+    start-up (reconcile) and call run() after: nothing that changes while
+    the state is read is lost. Events older than that read are delivered
+    too; that is harmless, because each event carries its link's whole
+    state and they come in order, so the newest wins.
+
+    run(callback) calls callback(event: LinkEvent) for the newest event of
+    each link in each batch (read EVENT_BATCH_SECONDS after the socket woke,
+    off the latency path of the request that caused them; one event per
+    link, because the older ones say nothing the newest does not), and
+    callback(None) when the kernel overran the buffer and events were lost:
+    the caller must read the state again. A bridge's event gives its state
+    as bridge_state_of(event)."""
+
+    EVENT_BATCH_SECONDS = 0.005
+    RCVBUF = 4 << 20  # a start-up reconcile of thousands of TAPs must not overrun it
+
+    def __init__(self, sock: socket.socket | None = None):
+        self.sock = sock
+
+    def open(self) -> LinkMonitor:
+        if self.sock is None:
             sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
                                  socket.NETLINK_ROUTE)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+            try:  # beyond net.core.rmem_max, which CAP_NET_ADMIN may exceed
+                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, self.RCVBUF)
+            except PermissionError:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, self.RCVBUF)
             sock.bind((0, RTMGRP_LINK))
+            self.sock = sock
+        return self
+
+    async def run(self, callback: Callable[[LinkEvent | None], None]) -> None:
+        """Delivers events until cancelled; closes the socket at the end."""
+        sock = self.sock
         loop = asyncio.get_running_loop()
         ready = asyncio.Event()
         fd = sock.fileno()
@@ -330,26 +481,30 @@ class Netlink:
             while True:
                 loop.add_reader(fd, ready.set)
                 await ready.wait()
-                # Let the request that caused these events answer first: the
-                # events are read in one batch a moment later, off the
-                # latency path of the D-Bus call in flight. The socket stays
-                # readable meanwhile, so it must leave the selector, or every
-                # turn of the loop would wake for it (a busy spin).
+                # The socket stays readable during the batch delay, so it
+                # must leave the selector, or every turn of the loop would
+                # wake for it (a busy spin).
                 loop.remove_reader(fd)
                 ready.clear()
                 await asyncio.sleep(self.EVENT_BATCH_SECONDS)
+                buffers, lost = [], False
                 while True:
                     try:
-                        data = sock.recv(1 << 16)
+                        buffers.append(sock.recv(1 << 16))
                     except BlockingIOError:
                         break
                     except OSError as e:
-                        if e.errno == errno.ENOBUFS:  # events lost: the caller resyncs
-                            callback(None, None, False, False)
-                            continue
-                        raise
-                    for event in parse_link_events(data):
-                        callback(*event)
+                        if e.errno != errno.ENOBUFS:
+                            raise
+                        lost = True
+                for event in latest_link_events(buffers):
+                    callback(event)
+                if lost:  # after what was read: the caller's re-read is newer
+                    callback(None)
         finally:
             loop.remove_reader(fd)
-            sock.close()
+            self.close()
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()

@@ -3,6 +3,8 @@
 The kernel refuses to create TUN/TAP devices over rtnetlink, so creation
 goes through TUNSETIFF. IFF_TUN_EXCL makes it fail with EBUSY when the name
 exists, so fcnetd can never attach itself to a device it did not create.
+A new TAP lives only as long as the fd that made it, until TUNSETPERSIST:
+fcnetd sets that last, once the TAP is tagged as its own.
 """
 
 from __future__ import annotations
@@ -29,8 +31,12 @@ def _ifreq(name: str, flags: int) -> bytes:
     return struct.pack("16sH22x", name.encode(), flags)
 
 
-def create_persistent_tap(name: str, uid: int | None, gid: int | None) -> None:
-    """Creates a persistent TAP owned by uid/gid; OSError(EBUSY) if the name exists."""
+def create_tap(name: str, uid: int | None, gid: int | None) -> int:
+    """Creates a TAP owned by uid/gid and returns the fd that holds it;
+    OSError(EBUSY) if the name exists. The TAP is not persistent: it
+    vanishes when the fd is closed, by anyone or by the process dying, until
+    make_persistent(fd). So a crash before the caller has tagged it leaves
+    no device behind."""
     fd = os.open(TUN_DEVICE, os.O_RDWR | os.O_CLOEXEC)
     try:
         fcntl.ioctl(fd, TUNSETIFF, _ifreq(name, VM_FLAGS | IFF_TUN_EXCL))
@@ -38,9 +44,15 @@ def create_persistent_tap(name: str, uid: int | None, gid: int | None) -> None:
             fcntl.ioctl(fd, TUNSETOWNER, uid)
         if gid is not None:
             fcntl.ioctl(fd, TUNSETGROUP, gid)
-        fcntl.ioctl(fd, TUNSETPERSIST, 1)
-    finally:
+    except OSError:
         os.close(fd)
+        raise
+    return fd
+
+
+def make_persistent(fd: int) -> None:
+    """Makes the TAP held by fd outlive it (the fd stays open)."""
+    fcntl.ioctl(fd, TUNSETPERSIST, 1)
 
 
 def open_tap(name: str, flags: int = IFF_TAP | IFF_NO_PI) -> int:
