@@ -13,13 +13,12 @@ import socket
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
 
 from fcnetd.testbus import PrivateBus
-from tests.system.harness import REPO, Daemon, Netns
+from tests.system.harness import REPO, Daemon, Netns, wait_for
 
 NOBODY = 65534
 PASSWORDS = {"admin": "admin-password-1", "viewer": "viewer-password-1"}
@@ -49,16 +48,21 @@ def start_webui(users: str, log, bus: str | None = None, config: str | None = No
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                             env={**os.environ, "PYTHONPATH": REPO})
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 20
-    while True:
+
+    def answering() -> bool:
+        if proc.poll() is not None:
+            raise AssertionError(f"fcnetd-webui exited with {proc.returncode} before answering")
         try:
             urllib.request.urlopen(url + "/login", timeout=2)
-            return proc, url
+            return True
         except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise AssertionError(f"fcnetd-webui did not start (exit {proc.poll()})")
-            time.sleep(0.1)
+            return False
+    try:
+        wait_for(answering, timeout=20, interval=0.1, what="fcnetd-webui to answer on its port")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 class Stack:

@@ -165,13 +165,52 @@ class Client:
         return self.call("GetAll", "s", interface, path=path, interface="org.freedesktop.DBus.Properties")[0]
 
 
-def wait_for(predicate, timeout=10.0, what="condition"):
+def wait_for(predicate, timeout=10.0, what="condition", interval=0.05):
+    """Polls until predicate() is true and returns its value; an
+    AssertionError after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
+        if value := predicate():
+            return value
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+class Pool:
+    """Several bus connections sharing a burst, as a pool of VM launchers
+    would. Each keeps at most PER_CONNECTION calls waiting for a reply:
+    a system bus refuses a connection's 129th (max_replies_per_connection).
+    Use in one event loop: `async with Pool(bus.address, 30) as pool:`."""
+
+    PER_CONNECTION = 100
+
+    def __init__(self, address: str, size: int):
+        self.address, self.size = address, size
+        self._conns: list = []
+        self._slots: list[asyncio.Semaphore] = []
+        self._turn = itertools.count()
+
+    async def __aenter__(self) -> "Pool":
+        self._conns = list(await asyncio.gather(*(connect(self.address) for _ in range(self.size))))
+        self._slots = [asyncio.Semaphore(self.PER_CONNECTION) for _ in self._conns]
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        for conn in self._conns:
+            conn.disconnect()
+
+    async def flush(self) -> None:
+        """Returns once the bus has taken every call sent so far: a round
+        trip to the bus itself on each connection, which it answers in order."""
+        await asyncio.gather(*(call(conn, "org.freedesktop.DBus", "/org/freedesktop/DBus",
+                                    "org.freedesktop.DBus", "GetId") for conn in self._conns))
+
+    async def call(self, member: str, signature: str = "", *body, path: str = MANAGER_PATH,
+                   interface: str = MANAGER_IFACE):
+        """One call on the next connection in turn; errors come back as DBusError."""
+        i = next(self._turn) % self.size
+        async with self._slots[i]:
+            return unwrap(await call(self._conns[i], BUS_NAME, path, interface, member, signature, list(body)))
 
 
 def v(sig: str, value) -> Variant:

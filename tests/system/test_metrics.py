@@ -3,11 +3,10 @@ Prometheus server scraping the daemon, counters that follow real frames."""
 
 import json
 import subprocess
-import time
 
 import pytest
 
-from .harness import Daemon, v
+from .harness import Daemon, v, wait_for
 
 PORT = 9617
 FRAME_WRITER = """
@@ -34,14 +33,15 @@ def scrape(d) -> str:
 
 
 def wait_scrape(d, predicate, timeout=10):
-    deadline = time.monotonic() + timeout
-    text = ""
-    while time.monotonic() < deadline:
-        text = scrape(d)
-        if predicate(text):
-            return text
-        time.sleep(0.2)
-    raise AssertionError(f"scrape never matched; last scrape:\n{text}")
+    last = [""]
+
+    def matching():
+        last[0] = scrape(d)
+        return predicate(last[0]) and last[0]
+    try:
+        return wait_for(matching, timeout, interval=0.2)
+    except AssertionError:
+        raise AssertionError(f"scrape never matched; last scrape:\n{last[0]}") from None
 
 
 def series(text: str, name: str) -> dict[str, float]:
@@ -94,15 +94,14 @@ def test_real_prometheus_scrapes_the_daemon(mdaemon, client, tmp_path):
                             stdout=log, stderr=subprocess.STDOUT)
     try:
         query = "http://127.0.0.1:9090/api/v1/query?query=fcnetd_tap_receive_bytes_total"
-        deadline = time.monotonic() + 60
-        result = []
-        while time.monotonic() < deadline and not result:
-            time.sleep(1)
+
+        def series_in_prometheus():
             try:
-                result = json.loads(mdaemon.ns.http_get(query))["data"]["result"]
-            except AssertionError:
-                continue
-        assert result, "Prometheus never returned the TAP series; see " + str(tmp_path / "prometheus.log")
+                return json.loads(mdaemon.ns.http_get(query))["data"]["result"]
+            except AssertionError:  # not listening yet
+                return []
+        result = wait_for(series_in_prometheus, timeout=60, interval=1,
+                          what="the TAP series in Prometheus; see " + str(tmp_path / "prometheus.log"))
         assert result[0]["metric"]["tap"] == tap and result[0]["metric"]["vm"] == "vm-p"
         assert result[0]["metric"]["job"] == "fcnetd"
     finally:

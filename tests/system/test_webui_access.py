@@ -3,8 +3,8 @@ project's policy: it works in group fcnet and is refused outside it; with
 several hosts configured it shows them all."""
 
 import subprocess
-import time
 
+from tests.system.harness import wait_for
 from tests.webstack import NOBODY, HttpUser, Stack, start_webui
 
 
@@ -44,11 +44,10 @@ def test_several_hosts_are_listed_together(tmp_path):
         user = HttpUser(url, "admin")
         assert user.json("POST", "/api/networks", {"host": "node2", "bridge": "fcbr0", "vlan": ""})[0] == 201
         assert user.json("POST", "/api/networks", {"host": "node1", "bridge": "fcbr1", "vlan": ""})[0] == 201
-        for _ in range(20):
+        def both_listed():
             body = user.json("GET", "/api/networks")[1]
-            if len(body["items"]) == 2:
-                break
-            time.sleep(0.05)
+            return body if len(body["items"]) == 2 else None
+        body = wait_for(both_listed, what="the networks of both hosts listed")
         assert sorted((n["host"], n["name"]) for n in body["items"]) == [("node1", "fcbr1"), ("node2", "fcbr0")]
         assert [h["name"] for h in body["hosts"]] == ["node1", "node2"]
         assert user.json("GET", "/api/bridges?host=node2")[1]["bridges"] == ["fcbr0"]

@@ -1,4 +1,5 @@
-"""The engine against a fake kernel: the rules that need no netlink."""
+"""The engine against a fake kernel that yields where netlink does: the
+rules that need no netlink. Races between entry points: test_engine_races."""
 
 import asyncio
 
@@ -10,41 +11,12 @@ from fcnetd.engine import Engine
 from fcnetd.netlink import BridgeState, TapState
 from fcnetd.registry import Registry
 
-
-class FakeNetlink:
-    def __init__(self, vlan=True):
-        self.vlan = vlan
-        self.devices = {}
-        self.deleted = []
-
-    async def ensure_bridge(self, name, create, mtu, vlan_filtering):
-        if vlan_filtering and not self.vlan:
-            raise E.VlanUnsupported("no vlan filtering")
-        return BridgeState(name, 1, True, self.vlan, 1)
-
-    async def bridge(self, name):
-        return BridgeState(name, 1, True, self.vlan, 1)
-
-    async def create_tap(self, name, vm_id, nic, bridge, vlan, uid, gid, mtu):
-        if name in self.devices:
-            raise E.TapExists(name)
-        self.devices[name] = TapState(name, len(self.devices) + 10, vm_id, nic, bridge.index, True, False)
-        return self.devices[name]
-
-    async def delete_link(self, name):
-        self.deleted.append(name)
-        self.devices.pop(name, None)
-
-    async def taps(self):
-        return {(t.vm_id, t.nic): t for t in self.devices.values()}
-
-    async def link_index(self, name):
-        return None
+from .fakenetlink import YieldingNetlink
 
 
 def make(tmp_path, vlan=True):
     cfg = parse({"daemon": {"host": "node1"}, "bridges": {"fcbr0": {"create": True}, "fcbr1": {}}})
-    return Engine(cfg, Registry(str(tmp_path)), FakeNetlink(vlan))
+    return Engine(cfg, Registry(str(tmp_path)), YieldingNetlink(vlan))
 
 
 def run(coro):

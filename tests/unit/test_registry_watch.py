@@ -1,45 +1,53 @@
 """Regression: the registry watcher took the daemon's own grouped write for a
 hand edit when it looked between the rename and the bookkeeping of that write,
-reloaded the file and dropped a change made meanwhile."""
+reloaded the file and dropped a change made meanwhile.
+
+The write is held in that window (the file renamed into place, its identity
+not yet recorded, as during a slow directory fsync) until the watcher has
+looked: by an event the test sets, not by a sleep."""
 
 import asyncio
 import threading
-import time
 
 from fcnetd import registry as registry_mod
 from fcnetd.daemon import Daemon, parse_args
 from fcnetd.model import Network
 
-from .test_engine import FakeNetlink
+from .fakenetlink import YieldingNetlink, run_until_blocked
 
 
 def test_watcher_never_reloads_the_daemons_own_write(tmp_path, monkeypatch):
     config = tmp_path / "fcnetd.toml"
     config.write_text("[bridges.fcbr0]\n[bridges.fcbr1]\n")
     daemon = Daemon(parse_args(["--config", str(config), "--state-dir", str(tmp_path), "--metrics", "off"]))
-    daemon.engine.netlink = FakeNetlink()
+    daemon.engine.netlink = YieldingNetlink()
     daemon.registry.load()
     daemon.registry.save_now()
-    renamed = threading.Event()
+    renamed, fsynced = threading.Event(), threading.Event()
     real = registry_mod.write_atomic
 
     def slow_write(path, payload, mode=0o600):
         st = real(path, payload, mode)
         renamed.set()
-        time.sleep(0.3)  # a slow directory fsync: the file is in place, its identity not yet recorded
+        if not fsynced.wait(30):  # the test lets it finish once the watcher has looked
+            raise AssertionError("the held registry write was never released")
         return st
     monkeypatch.setattr(registry_mod, "write_atomic", slow_write)
 
     async def scenario():
+        loop = asyncio.get_running_loop()
         first = Network.new("", "fcbr0", 0, "h", "manual")
         daemon.registry.add_network(first)
         commit = asyncio.ensure_future(daemon.registry.commit())
-        while not renamed.is_set():
-            await asyncio.sleep(0.01)
+        assert await loop.run_in_executor(None, renamed.wait, 30), "the registry write never started"
         second = Network.new("", "fcbr1", 0, "h", "manual")  # changed while the write is in flight
         daemon.registry.add_network(second)
-        await daemon._registry_changed()  # what the file watcher does on the rename
+        watcher = asyncio.ensure_future(daemon._registry_changed())  # what the file watcher does on the rename
+        # It either finishes looking inside the window or waits for the write.
+        await run_until_blocked(watcher)
+        fsynced.set()
         await commit
+        await watcher
         await daemon.registry.commit()
         return first, second
     first, second = asyncio.run(scenario())
