@@ -1,10 +1,15 @@
 """The daemon's own access check, independent of the bus policy file.
 
 dbus-fast does not tell method handlers who called, so this gate sits in
-front of dispatch as a message handler: it asks the bus for the caller's
-credentials once per connection (GetConnectionCredentials), caches the
-verdict, and only then lets the call through. Root may call everything,
-members of group `fcnet` may call the API, everyone else is refused.
+front of dispatch as a message handler and sees every method call, whatever
+its path: the standard interfaces (Properties, ObjectManager) expose the same
+networks and VMs as the API, on any path the library serves them. It asks the
+bus for the caller's credentials once per connection
+(GetConnectionCredentials), caches the verdict, and only then lets the call
+through. Root may call everything, members of group `fcnet` may call the API,
+everyone else is refused. A lookup that fails refuses the calls waiting on it
+and is not cached: the connection's next call asks again.
+
 It also answers calls with a wrong signature with InvalidArgs naming the
 expected one, which dbus-fast alone would report as an unknown method.
 """
@@ -18,11 +23,15 @@ import os
 import pwd
 from collections import OrderedDict
 
-from .bus import Message, MessageType, call
-from .names import ACCESS_GROUP, ERROR_PREFIX, INVALID_ARGS, MANAGER_PATH
+from .bus import DBusError, Message, MessageType, call, redispatch, wants_reply
+from .names import (ACCESS_GROUP, ERROR_PREFIX, INVALID_ARGS, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
+                    NETWORK_PATH_PREFIX)
 
 log = logging.getLogger("fcnetd.access")
-OPEN_INTERFACES = {"org.freedesktop.DBus.Introspectable", "org.freedesktop.DBus.Peer"}
+PEER = "org.freedesktop.DBus.Peer"
+INTROSPECTABLE = "org.freedesktop.DBus.Introspectable"
+NETWORK_SUBTREE = NETWORK_PATH_PREFIX.rstrip("/")
+ACCESS_DENIED = ERROR_PREFIX + "AccessDenied"
 CACHE_SIZE = 4096
 
 
@@ -47,6 +56,27 @@ def allowed(uid: int, gids: list[int] | None, access_gid: int | None) -> bool:
     return access_gid in gids
 
 
+def is_open(msg: Message) -> bool:
+    """Calls anyone may make. Peer (Ping, GetMachineId) tells nothing about
+    fcnetd. Introspection is the API in dbus/, public anyway, except in the
+    network subtree, where its child nodes and its answer for a path tell
+    which network ids exist."""
+    if msg.interface == PEER:
+        return True
+    if msg.interface == INTROSPECTABLE:
+        return not (msg.path == NETWORK_SUBTREE or msg.path.startswith(NETWORK_PATH_PREFIX))
+    return False
+
+
+def served_interface(path: str) -> str | None:
+    """The fcnetd interface a call that names none reaches at this path."""
+    if path == MANAGER_PATH:
+        return MANAGER_IFACE
+    if path.startswith(NETWORK_PATH_PREFIX):
+        return NETWORK_IFACE
+    return None
+
+
 class AccessGate:
     def __init__(self, conn, signatures: dict[tuple[str, str], str]):
         self.conn = conn
@@ -65,11 +95,7 @@ class AccessGate:
         self._verdicts.clear()
 
     def _on_message(self, msg):
-        if msg.message_type != MessageType.METHOD_CALL:
-            return None
-        if not msg.path or not (msg.path == MANAGER_PATH or msg.path.startswith(MANAGER_PATH + "/")):
-            return None
-        if msg.interface in OPEN_INTERFACES:
+        if msg.message_type != MessageType.METHOD_CALL or is_open(msg):
             return None
         verdict = self._verdicts.get(msg.sender)
         if verdict is None:
@@ -83,9 +109,9 @@ class AccessGate:
         if not verdict:
             self.denied += 1
             return Message.new_error(
-                msg, ERROR_PREFIX + "AccessDenied",
-                f"access denied: only root and members of group {ACCESS_GROUP} may call fcnetd")
-        expected = self.signatures.get((msg.interface, msg.member))
+                msg, ACCESS_DENIED, f"access denied: only root and members of group {ACCESS_GROUP} may call fcnetd")
+        interface = msg.interface if msg.interface is not None else served_interface(msg.path)
+        expected = self.signatures.get((interface, msg.member))
         if expected is not None and msg.signature != expected:
             return Message.new_error(
                 msg, INVALID_ARGS,
@@ -98,14 +124,24 @@ class AccessGate:
                                   "org.freedesktop.DBus", "GetConnectionCredentials", "s", [sender])
             uid = creds["UnixUserID"].value
             gids = creds["UnixGroupIDs"].value if "UnixGroupIDs" in creds else None
-            verdict = allowed(uid, gids, self.access_gid)
-        except Exception as e:  # a caller that vanished or a bus that will not say: deny
-            log.warning("cannot get credentials of %s: %s", sender, e)
-            verdict = False
+        except Exception as e:  # a caller that vanished or a bus that will not say
+            reason = e.type if isinstance(e, DBusError) else type(e).__name__
+            log.warning("cannot get credentials of %s (%s): its waiting calls are refused", sender, reason)
+            self._refuse_pending(sender, reason)
+            return
+        verdict = allowed(uid, gids, self.access_gid)
         if not verdict:
             log.info("denied %s", sender)
         self._verdicts[sender] = verdict
         if len(self._verdicts) > CACHE_SIZE:
             self._verdicts.popitem(last=False)
         for msg in self._pending.pop(sender, []):
-            self.conn._process_message(msg)  # dispatch again, now with a verdict
+            redispatch(self.conn, msg)  # through the gate again, now with a verdict
+
+    def _refuse_pending(self, sender: str, reason: str) -> None:
+        for msg in self._pending.pop(sender, []):
+            self.denied += 1
+            if wants_reply(msg):
+                self.conn.send(Message.new_error(
+                    msg, ACCESS_DENIED, f"access check failed: fcnetd could not read the caller's credentials "
+                                        f"from the bus ({reason}); the call was not run and may be retried"))

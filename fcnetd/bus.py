@@ -1,21 +1,54 @@
 """The one module that imports dbus-fast. The daemon, fcnetctl and the web UI
-reach D-Bus through these names, so the library can be swapped here."""
+reach D-Bus through these names, so the library can be swapped here.
+
+It leans on four dbus-fast internals, pinned exactly in setup.cfg and checked
+when this module is imported (check_internals), so that a dbus-fast that
+moved one of them stops fcnetd at start with a message naming it, instead of
+misbehaving later: the asyncio writer (_MessageWriter, patched for EAGAIN),
+Message._marshall (overridden by PremarshalledReply), the marshaller and the
+header-field codes (DictElement, PremarshalledReply), and
+MessageBus._process_message (redispatch)."""
 
 from __future__ import annotations
 
+import errno
+import functools
+import logging
 import struct
+from importlib import metadata
 
-from dbus_fast import BusType, DBusError, Message, MessageType, Variant
-from dbus_fast._private.constants import HeaderField
-from dbus_fast._private.marshaller import Marshaller
-from dbus_fast.aio import MessageBus
-from dbus_fast.aio import message_bus as _aio
-from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNameReply
-from dbus_fast.service import ServiceInterface, dbus_property, method
+from .names import ERROR_PREFIX
 
 __all__ = ["DBusError", "Message", "MessageType", "Variant", "ServiceInterface", "dbus_property",
-           "method", "PropertyAccess", "connect", "call", "request_name", "unwrap",
-           "DictElement", "dict_array_body", "PremarshalledReply", "wants_reply"]
+           "funnelled_property", "method", "PropertyAccess", "connect", "call", "request_name", "unwrap",
+           "redispatch", "DictElement", "dict_array_body", "PremarshalledReply", "wants_reply"]
+
+log = logging.getLogger("fcnetd.bus")
+TESTED_VERSION = "5.2.0"  # the dbus-fast whose internals this module was checked against
+
+
+def _installed_version() -> str:
+    try:
+        return metadata.version("dbus-fast")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _mismatch(what: str) -> ImportError:
+    return ImportError(f"fcnetd cannot use dbus-fast {_installed_version()} (it was tested with "
+                       f"{TESTED_VERSION}, pinned in setup.cfg): {what}")
+
+
+try:
+    from dbus_fast import BusType, DBusError, Message, MessageType, Variant
+    from dbus_fast._private.constants import HeaderField
+    from dbus_fast._private.marshaller import Marshaller
+    from dbus_fast.aio import MessageBus
+    from dbus_fast.aio import message_bus as _aio
+    from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNameReply
+    from dbus_fast.service import ServiceInterface, dbus_property, method
+except ImportError as e:
+    raise _mismatch(f"a module or name it uses is gone ({e})") from e
 
 
 class _RetryingSocket:
@@ -54,6 +87,33 @@ def _writer_init(self, bus) -> None:
 _aio._MessageWriter.__init__ = _writer_init
 
 
+def redispatch(conn: MessageBus, msg: Message) -> None:
+    """Runs a received message through the connection's handlers again, as if
+    it had just arrived: the access gate holds calls while it asks the bus who
+    sent them, then lets them go on."""
+    conn._process_message(msg)
+
+
+def funnelled_property(access: PropertyAccess = PropertyAccess.READ):
+    """dbus_property whose getter fails the way a funnelled method does: a
+    DBusError reaches the caller as it is; anything else is logged with its
+    traceback and answered as Error.Internal with a plain message, where
+    dbus-fast alone would answer its own ServiceError naming the exception."""
+    def decorator(fn):
+        @functools.wraps(fn)
+        def getter(self):
+            try:
+                return fn(self)
+            except DBusError:
+                raise
+            except Exception:
+                log.exception("reading property %s failed", fn.__name__)
+                raise DBusError(ERROR_PREFIX + "Internal", f"reading property {fn.__name__} failed "
+                                "inside fcnetd; the daemon's log has the details") from None
+        return dbus_property(access=access)(getter)
+    return decorator
+
+
 # -- replies marshalled ahead of time -----------------------------------------
 # A list of thousands of a{sv} entries costs more to marshal than to compute
 # (4,094 networks: ~20 ms). Each entry is marshalled once, when it changes,
@@ -89,7 +149,8 @@ def wants_reply(call: Message) -> bool:
 class PremarshalledReply(Message):
     """A method return whose body is already marshalled; only the header is
     built when it is sent. The bus writer calls _marshall, so this override
-    is the one place the body is joined to its header."""
+    is the one place the body is joined to its header. The header fields are
+    in dbus-fast's own order, so the bytes are exactly the library's."""
 
     def __init__(self, call: Message, signature: str, body: bytes):
         super().__init__(message_type=MessageType.METHOD_RETURN, reply_serial=call.serial,
@@ -97,15 +158,102 @@ class PremarshalledReply(Message):
         self.raw_body = body
 
     def _marshall(self, negotiate_unix_fd: bool = False) -> bytearray:
-        fields = [(HeaderField.REPLY_SERIAL.value, Variant("u", self.reply_serial)),
-                  (HeaderField.SIGNATURE.value, Variant("g", self.signature))]
+        fields = [(HeaderField.REPLY_SERIAL.value, Variant("u", self.reply_serial))]
         if self.destination:
             fields.append((HeaderField.DESTINATION.value, Variant("s", self.destination)))
+        fields.append((HeaderField.SIGNATURE.value, Variant("g", self.signature)))
         header = Marshaller("yyyyuua(yv)", [ord("l"), MessageType.METHOD_RETURN.value, 0, 1,
                                             len(self.raw_body), self.serial, fields]).marshall()
         header += bytes(-len(header) & 7)  # the body starts 8-aligned
         return header + self.raw_body
 
+
+# -- the check at import -------------------------------------------------------
+
+class _FullSocket:
+    """The bus socket as check_internals sees it: full (EAGAIN) until
+    drained, then it takes everything."""
+
+    def __init__(self):
+        self.full = True
+        self.sent = bytearray()
+
+    def send(self, data) -> int:
+        if self.full:
+            raise BlockingIOError(errno.EAGAIN, "socket buffer full")
+        self.sent += data
+        return len(data)
+
+
+class _ProbeLoop:
+    def add_writer(self, fd, callback) -> None:
+        pass
+
+    def remove_writer(self, fd) -> None:
+        pass
+
+
+class _ProbeBus:
+    """The parts of a MessageBus that its writer reads."""
+
+    def __init__(self, sock: _FullSocket):
+        self._sock, self._fd, self._loop = sock, -1, _ProbeLoop()
+        self._negotiate_unix_fd = False
+        self._user_disconnect = False
+        self.unique_name = ":1.0"
+        self.lost: Exception | None = None
+
+    def _finalize(self, err: Exception | None) -> None:
+        self.lost = err
+
+
+def check_internals() -> None:
+    """Proves without a socket that the internals used here behave as this
+    module expects, by sending one PremarshalledReply through dbus-fast's own
+    writer onto a socket that is full at first: the writer must keep the
+    message rather than drop the connection (the EAGAIN patch is in its write
+    path), then send exactly the bytes dbus-fast marshals for the same reply
+    (the _marshall override is used and the header layout is the library's).
+    Raises ImportError naming what is missing or changed."""
+    problems = []
+    call = Message(destination=":1.0", path="/", member="Probe", serial=7)
+    call.sender = ":1.1"
+    reply = PremarshalledReply(call, "as", bytes(Marshaller("as", [["probe"]]).marshall()))
+    reply.serial = 8
+    expected = b""
+    try:
+        expected = bytes(Message(message_type=MessageType.METHOD_RETURN, reply_serial=7, destination=":1.1",
+                                 signature="as", body=[["probe"]], serial=8)._marshall(False))
+        if bytes(reply._marshall(False)) != expected:
+            problems.append("Message._marshall lays out a reply's header differently from PremarshalledReply")
+    except Exception as e:
+        problems.append(f"Message._marshall or Marshaller changed ({type(e).__name__}: {e})")
+    sock = _FullSocket()
+    bus = _ProbeBus(sock)
+    try:
+        writer = _aio._MessageWriter(bus)
+        writer.schedule_write(reply)
+        if bus.lost is not None:
+            problems.append("aio._MessageWriter treats EAGAIN from send() as a lost connection: the patch "
+                            "of its __init__ (self.sock wrapped in _RetryingSocket) is not in its write path")
+        else:
+            sock.full = False
+            writer.write_callback()
+            if bytes(sock.sent) != expected:
+                problems.append("aio._MessageWriter does not send what Message._marshall returns, so "
+                                "PremarshalledReply's override is not used")
+    except Exception as e:
+        problems.append(f"aio._MessageWriter changed shape ({type(e).__name__}: {e})")
+    if not callable(getattr(MessageBus, "_process_message", None)):
+        problems.append("MessageBus._process_message is gone (used by redispatch)")
+    if problems:
+        raise _mismatch("; ".join(problems))
+
+
+check_internals()
+
+
+# -- connections and calls -----------------------------------------------------
 
 async def connect(bus: str = "system") -> MessageBus:
     """bus: 'system', 'session' or a D-Bus address such as unix:path=/run/x."""

@@ -1,12 +1,15 @@
 """Who may call: root and group fcnet; everyone else is refused by the bus
 policy and, without the policy file, by the daemon itself."""
 
+import asyncio
 import grp
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
+from fcnetd.bus import Message, MessageType, connect
+from fcnetd.names import BUS_NAME, MANAGER_PATH
 from fcnetd.testbus import PrivateBus
 
 from .harness import Daemon, busctl
@@ -49,6 +52,94 @@ def test_daemon_checks_credentials_itself_without_the_policy_file(ns, tmp_path, 
     finally:
         daemon.stop()
         open_bus.stop()
+
+
+@pytest.fixture
+def open_daemon(ns, tmp_path, config):
+    """fcnetd on a bus without the project's policy file: anyone may send to
+    it, so only the daemon's own gate stands between a caller and the data."""
+    open_bus = PrivateBus(policy=False).start()
+    daemon = Daemon(ns, open_bus, str(tmp_path / "state"), config).start()
+    yield open_bus
+    daemon.stop()
+    open_bus.stop()
+
+
+def _call(address, path, interface, member, *args, user=None, groups=None):
+    return busctl(address, "call", BUS_NAME, path, interface, member, *args, check=False, user=user,
+                  groups=groups)
+
+
+def _standard_reads(net_path):
+    om, props = "org.freedesktop.DBus.ObjectManager", "org.freedesktop.DBus.Properties"
+    return {"GetManagedObjects /": ("/", om, "GetManagedObjects"),
+            "GetManagedObjects manager": (MANAGER_PATH, om, "GetManagedObjects"),
+            "GetAll network": (net_path, props, "GetAll", "s", "org.fcnetd.Network1.Network"),
+            "Get network Vms": (net_path, props, "Get", "ss", "org.fcnetd.Network1.Network", "Vms"),
+            "GetAll manager": (MANAGER_PATH, props, "GetAll", "s", "org.fcnetd.Network1.Manager"),
+            "GetAll /": ("/", props, "GetAll", "s", "org.fcnetd.Network1.Manager")}
+
+
+def test_without_the_policy_file_standard_interfaces_refuse_an_unprivileged_caller(open_daemon):
+    """Regression: the gate covered only paths under /org/fcnetd/Network1, so
+    uid 65534 read every network, VM id, VM name and MAC through the
+    ObjectManager on /."""
+    address = open_daemon.address
+    net_path = busctl(address, *CREATE).stdout.split()[1].strip('"')
+    busctl(address, "call", BUS_NAME, MANAGER_PATH, "org.fcnetd.Network1.Manager", "AttachVm", "ssqa{sv}",
+           "vm-secret", "fcbr0", "0", "1", "vm_name", "s", "payroll-db")
+    for label, (path, interface, member, *args) in _standard_reads(net_path).items():
+        res = _call(address, path, interface, member, *args, user=NOBODY)
+        assert res.returncode != 0 and "only root and members of group fcnet" in res.stderr, (label, res)
+        assert "payroll-db" not in res.stdout
+    for who in ({}, {"user": NOBODY, "groups": [fcnet_gid()]}):
+        res = _call(address, "/", "org.freedesktop.DBus.ObjectManager", "GetManagedObjects", **who)
+        assert res.returncode == 0, (who, res.stderr)
+        assert net_path in res.stdout and "payroll-db" in res.stdout
+        res = _call(address, net_path, "org.freedesktop.DBus.Properties", "GetAll", "s",
+                    "org.fcnetd.Network1.Network", **who)
+        assert res.returncode == 0 and "vm-secret" in res.stdout, (who, res.stderr)
+
+
+def test_without_the_policy_file_peer_and_public_introspection_stay_open(open_daemon):
+    address = open_daemon.address
+    net_path = busctl(address, *CREATE).stdout.split()[1].strip('"')
+    for path in ("/", MANAGER_PATH):
+        res = _call(address, path, "org.freedesktop.DBus.Introspectable", "Introspect", user=NOBODY)
+        assert res.returncode == 0 and "<node" in res.stdout, (path, res.stderr)
+    for path in ("/", MANAGER_PATH, net_path):
+        res = _call(address, path, "org.freedesktop.DBus.Peer", "Ping", user=NOBODY)
+        assert res.returncode == 0, (path, res.stderr)
+    # below here, introspection lists which network ids exist
+    for path in (net_path, net_path.rsplit("/", 1)[0]):
+        res = _call(address, path, "org.freedesktop.DBus.Introspectable", "Introspect", user=NOBODY)
+        assert res.returncode != 0 and "only root and members of group fcnet" in res.stderr, (path, res)
+
+
+def _call_without_interface(address, path, member, signature, body):
+    async def go():
+        conn = await connect(address)
+        try:
+            return await conn.call(Message(destination=BUS_NAME, path=path, member=member,
+                                           signature=signature, body=body))
+        finally:
+            conn.disconnect()
+    return asyncio.run(go())
+
+
+def test_a_call_without_interface_and_a_wrong_signature_names_the_signature(daemon, bus, client):
+    """Regression: it answered UnknownMethod."""
+    net_path = client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})[0]
+    for path, member, signature, body, expected in (
+            (MANAGER_PATH, "AttachVm", "s", ["vm-1"], "ssqa{sv}"),
+            (MANAGER_PATH, "DeleteNetwork", "u", [7], "s"),
+            (net_path, "Delete", "s", ["now"], "")):
+        reply = _call_without_interface(bus.address, path, member, signature, body)
+        assert reply.message_type == MessageType.ERROR, (member, reply.body)
+        assert reply.error_name == "org.freedesktop.DBus.Error.InvalidArgs"
+        assert reply.body == [f"{member} takes arguments of signature '{expected}', got '{signature}'"]
+    reply = _call_without_interface(bus.address, MANAGER_PATH, "CountNetworks", "a{sv}", [{}])
+    assert (reply.message_type, reply.body) == (MessageType.METHOD_RETURN, [1])
 
 
 def _normalise(xml_text: str) -> set:
