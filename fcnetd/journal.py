@@ -62,9 +62,12 @@ class Journal:
         """Keeps only what was appended after `offset` (the lines a new
         snapshot does not hold yet): the tail is written to a new file that
         replaces the journal atomically."""
-        with open(self.path, "rb") as f:
-            f.seek(offset)
-            tail = f.read(self.size - offset)
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(offset)
+                tail = f.read(self.size - offset)
+        except FileNotFoundError:  # nothing appended yet
+            tail = b""
         write_atomic(self.path, tail)
         self.close()
         self.open()

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 from . import faultpoint
 from .atomicfile import write_atomic
-from .errors import FcnetError, InvalidArgs
+from .errors import Internal, InvalidArgs
 from .journal import Journal, JournalError
 from .model import Attachment, Network
 
@@ -43,8 +43,8 @@ class RegistryError(Exception):
     """The registry cannot be used; the daemon must not start (or go on) with it."""
 
 
-class RegistryWriteFailed(FcnetError):
-    name = "Internal"
+class RegistryWriteFailed(Internal):
+    """A change could not be saved; it was undone."""
 
 
 @dataclass(frozen=True)

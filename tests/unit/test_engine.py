@@ -47,10 +47,10 @@ def test_concurrent_ensure_creates_one_network(tmp_path):
 def test_failed_persist_rolls_back(tmp_path, monkeypatch):
     e = make(tmp_path)
 
-    async def broken():
-        raise E.Internal("disk full")
-    monkeypatch.setattr(e.registry, "commit", broken)
-    with pytest.raises(E.Internal):
+    def full(payload):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(e.registry.journal, "append", full)
+    with pytest.raises(E.Internal, match="not saved.*No space left"):
         run(e.create_network("", "fcbr0", 5))
     assert e.registry.networks == {} and e.registry.by_name == {}
 
