@@ -1,6 +1,7 @@
 import asyncio
 import json
 import os
+import uuid
 
 import pytest
 
@@ -43,7 +44,7 @@ def test_bad_files_are_refused(text, why):
 def test_dangling_attachment_is_refused():
     n = net()
     data = json.loads(serialize(type("S", (), {"networks": {n.id: n}, "attachments": {}})()))
-    data["attachments"] = [Attachment("vm-1", "eth0", "0000", "").to_dict()]
+    data["attachments"] = [Attachment("vm-1", "eth0", str(uuid.uuid4()), "").to_dict()]
     with pytest.raises(RegistryError, match="unknown network"):
         parse(json.dumps(data), "r")
 
