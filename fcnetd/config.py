@@ -8,7 +8,7 @@ import tomllib
 from dataclasses import dataclass, field
 
 from .errors import InvalidArgs
-from .model import check_ifname
+from .model import HOST_RULE, check_host, check_ifname, excerpt
 
 DEFAULT_PATH = "/etc/fcnetd/fcnetd.toml"
 DEFAULT_STATE_DIR = "/var/lib/fcnetd"
@@ -38,44 +38,106 @@ class Config:
     def bridge(self, name: str) -> BridgeConfig | None:
         return self.bridges.get(name)
 
+    @property
+    def reserved_ifnames(self) -> frozenset[str]:
+        """Names fcnetd may create or enslave: no TAP may take them
+        (model.check_tap_name)."""
+        return frozenset(self.bridges) | {b.uplink for b in self.bridges.values() if b.uplink}
+
 
 def _expect(table: dict, key: str, kind: type, where: str):
     value = table[key]
     if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"{where}.{key}: must be a {kind.__name__}, got {value!r}")
+        raise ConfigError(f"{where}.{key}: must be a {kind.__name__}, got {excerpt(value)}")
     return value
+
+
+def _table(data: dict, key: str, default: dict, where: str) -> dict:
+    value = data.get(key, default)
+    if not isinstance(value, dict):
+        raise ConfigError(f"[{where}] must be a table, got {excerpt(value)}")
+    return value
+
+
+def _unknown(keys: set) -> str:
+    """Names keys a reader did not expect, briefly: they may be anything."""
+    shown = ", ".join(excerpt(k) for k in sorted(keys)[:3])
+    return shown + (f" and {len(keys) - 3} more" if len(keys) > 3 else "")
 
 
 def parse(data: dict, path: str = "") -> Config:
     known = {"daemon", "bridges"}
     if extra := set(data) - known:
-        raise ConfigError(f"unknown table(s) {sorted(extra)}; expected [daemon] and [bridges.NAME]")
-    daemon = data.get("daemon", {})
+        raise ConfigError(f"unknown table(s) {_unknown(extra)}; expected [daemon] and [bridges.NAME]")
+    daemon = _table(data, "daemon", {}, "daemon")
     if extra := set(daemon) - {"host", "state_dir", "metrics"}:
-        raise ConfigError(f"[daemon]: unknown key(s) {sorted(extra)}")
-    host = _expect(daemon, "host", str, "daemon") if "host" in daemon else socket.gethostname()
+        raise ConfigError(f"[daemon]: unknown key(s) {_unknown(extra)}")
+    host = _host(daemon)
     state_dir = _expect(daemon, "state_dir", str, "daemon") if "state_dir" in daemon else DEFAULT_STATE_DIR
     metrics = _expect(daemon, "metrics", str, "daemon") if "metrics" in daemon else DEFAULT_METRICS
     if metrics != "off":
         parse_listen(metrics, "daemon.metrics")
-    bridges = {}
-    for name, table in data.get("bridges", {"fcbr0": {"create": True}}).items():
-        where = f"bridges.{name}"
+    bridges: dict[str, BridgeConfig] = {}
+    for name, table in _table(data, "bridges", {"fcbr0": {"create": True}}, "bridges").items():
+        bridges[name] = _bridge(name, table)
+    _check_uplinks(bridges)
+    return Config(host=host, state_dir=state_dir, metrics=metrics, bridges=bridges, path=path)
+
+
+def _host(daemon: dict) -> str:
+    """The host recorded in every network: the same rule as in the registry."""
+    if "host" in daemon:
         try:
-            check_ifname(name)
-            if not isinstance(table, dict):
-                raise ConfigError(f"[{where}] must be a table")
-            if extra := set(table) - {"create", "uplink", "mtu"}:
-                raise ConfigError(f"[{where}]: unknown key(s) {sorted(extra)}")
-            create = _expect(table, "create", bool, where) if "create" in table else False
-            uplink = check_ifname(_expect(table, "uplink", str, where), f"{where}.uplink") if "uplink" in table else ""
-            mtu = _expect(table, "mtu", int, where) if "mtu" in table else 0
+            return check_host(_expect(daemon, "host", str, "daemon"), "daemon.host")
+        except InvalidArgs as e:
+            raise ConfigError(str(e)) from None
+    host = socket.gethostname()
+    try:
+        return check_host(host, "daemon.host")
+    except InvalidArgs:
+        raise ConfigError(f"daemon.host: the machine's host name {excerpt(host)} is not {HOST_RULE}; "
+                          "set [daemon] host") from None
+
+
+def _bridge(name: str, table: object) -> BridgeConfig:
+    """One [bridges.NAME] table. A bridge's name follows the interface rule,
+    which keeps it a valid network name: it names its auto networks."""
+    try:
+        where = f"bridges.{check_ifname(name, 'bridge name')}"
+    except InvalidArgs as e:
+        # a refused name is shown as a TOML quoted key, clipped
+        raise ConfigError(f"[bridges.{excerpt(name)}]: {e}") from None
+    if not isinstance(table, dict):
+        raise ConfigError(f"[{where}] must be a table, got {excerpt(table)}")
+    if extra := set(table) - {"create", "uplink", "mtu"}:
+        raise ConfigError(f"[{where}]: unknown key(s) {_unknown(extra)}")
+    create = _expect(table, "create", bool, where) if "create" in table else False
+    uplink = ""
+    if "uplink" in table:
+        try:
+            uplink = check_ifname(_expect(table, "uplink", str, where), "uplink")
         except InvalidArgs as e:
             raise ConfigError(f"[{where}]: {e}") from None
-        if mtu and not 68 <= mtu <= 65535:
-            raise ConfigError(f"{where}.mtu: {mtu} is out of range 68-65535")
-        bridges[name] = BridgeConfig(name, create, uplink, mtu)
-    return Config(host=host, state_dir=state_dir, metrics=metrics, bridges=bridges, path=path)
+    mtu = _expect(table, "mtu", int, where) if "mtu" in table else 0
+    if mtu and not 68 <= mtu <= 65535:
+        raise ConfigError(f"{where}.mtu: {excerpt(mtu)} is out of range 68-65535")
+    return BridgeConfig(name, create, uplink, mtu)
+
+
+def _check_uplinks(bridges: dict[str, BridgeConfig]) -> None:
+    """An uplink is a port of one bridge: enslaving it to a second bridge,
+    or enslaving an allowed bridge, would move it away from the first."""
+    owner: dict[str, str] = {}
+    for cfg in bridges.values():
+        if not cfg.uplink:
+            continue
+        if cfg.uplink in bridges:
+            raise ConfigError(f"[bridges.{cfg.name}]: uplink: {cfg.uplink!r} is an allowed bridge; "
+                              "an uplink must be another interface")
+        if cfg.uplink in owner:
+            raise ConfigError(f"[bridges.{cfg.name}]: uplink: {cfg.uplink!r} is already the uplink of "
+                              f"{owner[cfg.uplink]}; an interface can be the uplink of one bridge only")
+        owner[cfg.uplink] = cfg.name
 
 
 def read_toml(path: str | None, default_path: str) -> tuple[dict | None, str]:
@@ -107,5 +169,5 @@ def load(path: str | None) -> Config:
 def parse_listen(value: str, field_name: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{field_name}: {value!r} must be HOST:PORT (or 'off')")
+        raise ConfigError(f"{field_name}: {excerpt(value)} must be HOST:PORT (or 'off')")
     return host.strip("[]"), int(port)

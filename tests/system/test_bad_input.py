@@ -142,3 +142,74 @@ def test_a_full_bridge_is_bridge_full_and_leaves_nothing_behind(daemon, bus):
     assert len(taps) == 1023 and all(t.get("master") == "fcbr0" for t in taps)
     attached = json.loads(open(daemon.state_dir + "/registry.json").read())
     assert sum(1 for a in attached["attachments"] if a["vm_id"] == "vm-1023") == 1
+
+
+# Issue 9, item 14: `fcbr0\n` is not a second network that looks like fcbr0,
+# and a newline reaches no tag or log line.
+@pytest.mark.parametrize("member,args,field", [
+    ("CreateNetwork", ("ssqa{sv}", "fcbr0\n", "fcbr1", 0, {}), "name"),
+    ("CreateNetwork", ("ssqa{sv}", "", "fcbr1\n", 0, {}), "bridge"),
+    ("AttachVm", ("ssqa{sv}", "vm-2\n", "fcbr0", 0, {}), "vm_id"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"nic": v("s", "eth1\n")}), "nic"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"vm_name": v("s", "web\n")}), "vm_name"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"mac": v("s", "02:fc:00:00:00:02\n")}), "mac"),
+])
+def test_a_trailing_newline_is_refused(stored, client, member, args, field):
+    err = client.error(member, *args)
+    assert err.type == INVALID and err.text.startswith(field + ":") and "\n" not in err.text, err.text
+
+
+def test_a_trailing_newline_is_refused_through_busctl(stored, bus):
+    res = busctl(bus.address, "call", "org.fcnetd.Network1", "/org/fcnetd/Network1",
+                 "org.fcnetd.Network1.Manager", "CreateNetwork", "ssqa{sv}", "fcbr0\n", "fcbr1", "0", "0",
+                 check=False)
+    assert res.returncode != 0 and "name: 'fcbr0\\n' must be 1-63 characters" in res.stderr, res.stderr
+
+
+HUGE = "x" * 1_000_000
+
+
+def needs_engine(reason):
+    return pytest.mark.xfail(strict=True, reason=f"needs the engine/service change in h2-validation's report: {reason}")
+
+
+# Issue 9, item 14: a 1 MB argument is answered with a short error that
+# names the field and the rule and shows an excerpt of the value.
+@pytest.mark.parametrize("member,args,field", [
+    ("CreateNetwork", ("ssqa{sv}", HUGE, "fcbr0", 5, {}), "name"),
+    ("CreateNetwork", ("ssqa{sv}", "", HUGE, 5, {}), "bridge"),
+    ("CreateNetwork", ("ssqa{sv}", "", "fcbr0", 5, {"description": v("s", HUGE)}), "description"),
+    ("EnsureNetwork", ("sq", HUGE, 5), "bridge"),
+    ("AttachVm", ("ssqa{sv}", HUGE, "fcbr0", 0, {}), "vm_id"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"nic": v("s", HUGE)}), "nic"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"vm_name": v("s", HUGE)}), "vm_name"),
+    ("AttachVm", ("ssqa{sv}", "vm-2", "fcbr0", 0, {"mac": v("s", HUGE)}), "mac"),
+    ("CreateTap", ("ssa{sv}", "vm-1", "eth0", {"tap_name": v("s", HUGE)}), "tap_name"),
+    ("DeleteTap", ("ss", HUGE, "eth0"), "vm_id"),
+    ("DetachVm", ("ss", "vm-1", HUGE), "nic"),
+    pytest.param("ListNetworks", ("a{sv}", {"type": v("s", HUGE)}), "type",
+                 marks=needs_engine("engine.list_networks echoes the type filter")),
+    pytest.param("ListNetworks", ("a{sv}", {HUGE: v("s", "x")}), "'xxx",
+                 marks=needs_engine("service.parse_options names an unknown key in full")),
+])
+def test_a_huge_value_is_answered_with_a_short_error(stored, client, member, args, field):
+    err = client.error(member, *args)
+    assert err.type == INVALID and err.text.startswith(field), err.text[:200]
+    assert len(err.text) < 300 and "(1,000,000 characters)" in err.text, err.text[:300]
+
+
+@needs_engine("engine.find_network echoes the reference")
+@pytest.mark.parametrize("member", ["GetNetwork", "DeleteNetwork"])
+def test_a_huge_network_reference_is_answered_with_a_short_error(stored, client, member):
+    err = client.error(member, "s", HUGE)
+    assert err.type == ERR + "NoSuchNetwork" and len(err.text) < 300, err.text[:300]
+
+
+@needs_engine("engine.create_tap calls model.check_tap_name(name, config.reserved_ifnames)")
+@pytest.mark.parametrize("tap_name", ["fcbr1", "fcbr7"])
+def test_a_tap_may_not_take_an_allowed_bridge_name(stored, client, daemon, tap_name):
+    """fcbr1 is allowed but not yet made: a TAP named fcbr1 would keep it from
+    ever being created; fcbr7 looks like an fcnetd bridge."""
+    err = client.error("CreateTap", "ssa{sv}", "vm-1", "eth0", {"tap_name": v("s", tap_name)})
+    assert err.type == INVALID and err.text.startswith("tap_name:") and tap_name in err.text, err.text
+    assert daemon.ns.link(tap_name) is None

@@ -43,3 +43,79 @@ def test_bad_config_is_explained(tmp_path, text, message):
     p.write_text(text)
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         load(str(p))
+
+
+# -- issue 9, item 13: the config refuses what the name rule refuses --
+
+@pytest.mark.parametrize("bridge,why", [
+    ("br+lan", "must not contain '+'"), ("br@0", "must not contain '@'"), ("-br", "must start with a letter"),
+    ("br<0>", "must not contain '<'"),
+])
+def test_a_bridge_the_name_rule_refuses_is_refused_naming_table_and_rule(tmp_path, bridge, why):
+    """An allowed `br+lan` auto-created a network named `br+lan` that the
+    registry loader refused: the daemon would not start again."""
+    p = tmp_path / "fcnetd.toml"
+    p.write_text(f'[bridges."{bridge}"]\ncreate = true\n')
+    with pytest.raises(ConfigError) as e:
+        load(str(p))
+    message = str(e.value)
+    assert f"[bridges.{bridge!r}]" in message and why in message, message
+    assert "1-15 characters of A-Z a-z 0-9 . _ -" in message, message
+
+
+def test_an_uplink_follows_the_same_rule():
+    with pytest.raises(ConfigError, match=r"\[bridges\.fcbr0\]: uplink: 'eth\+0' must not contain '\+'"):
+        parse({"bridges": {"fcbr0": {"uplink": "eth+0"}}})
+
+
+def test_an_uplink_may_not_be_a_bridge_or_serve_two():
+    with pytest.raises(ConfigError, match=r"\[bridges\.fcbr0\]: uplink: 'fcbr1' is an allowed bridge"):
+        parse({"bridges": {"fcbr0": {"uplink": "fcbr1"}, "fcbr1": {}}})
+    with pytest.raises(ConfigError, match=r"\[bridges\.fcbr1\]: uplink: 'eth0' is already the uplink of fcbr0"):
+        parse({"bridges": {"fcbr0": {"uplink": "eth0"}, "fcbr1": {"uplink": "eth0"}}})
+
+
+@pytest.mark.parametrize("host", ["", "node 1", "node1\n", "nöde", "<b>"])
+def test_the_host_follows_the_host_rule(host):
+    with pytest.raises(ConfigError, match="daemon.host: .*host name"):
+        parse({"daemon": {"host": host}})
+
+
+def test_a_default_host_name_outside_the_rule_says_what_to_set(monkeypatch):
+    monkeypatch.setattr("socket.gethostname", lambda: "bad host")
+    with pytest.raises(ConfigError, match=r"daemon.host: .*'bad host'.*set \[daemon\] host"):
+        parse({})
+
+
+def test_the_config_reserves_its_bridge_and_uplink_names():
+    cfg = parse({"bridges": {"fcbr0": {"uplink": "eth0"}, "br-lan": {}}})
+    assert cfg.reserved_ifnames == frozenset({"fcbr0", "eth0", "br-lan"})
+
+
+@pytest.mark.parametrize("data,where", [
+    ({"bridges": 5}, "[bridges] must be a table"), ({"daemon": "x"}, "[daemon] must be a table"),
+    ({"bridges": {"fcbr0": 5}}, "[bridges.fcbr0] must be a table"),
+])
+def test_tables_that_are_not_tables_are_refused(data, where):
+    with pytest.raises(ConfigError, match=re_escape(where)):
+        parse(data)
+
+
+@pytest.mark.parametrize("data", [
+    {"bridges": {"x" * 1_000_000: {}}},
+    {"bridges": {"fcbr0": {"uplink": "e" * 1_000_000}}},
+    {"bridges": {"fcbr0": {"k" * 1_000_000: 1}}},
+    {"daemon": {"metrics": "m" * 1_000_000}},
+    {"daemon": {"host": "h" * 1_000_000}},
+    {"daemon": {"host": ["h" * 1_000_000]}},
+    {"t" * 1_000_000: {}},
+])
+def test_a_huge_value_comes_back_as_a_short_excerpt(data):
+    with pytest.raises(ConfigError) as e:
+        parse(data)
+    assert len(str(e.value)) < 400, str(e.value)[:400]
+
+
+def re_escape(text: str) -> str:
+    import re
+    return re.escape(text)

@@ -2,6 +2,7 @@ import asyncio
 import errno
 import json
 import os
+import uuid
 
 import pytest
 
@@ -76,7 +77,7 @@ def test_bad_files_are_refused(text, why):
 def test_dangling_attachment_is_refused():
     n = net()
     data = {"schema": 1, "networks": [n.to_dict()],
-            "attachments": [Attachment("vm-1", "eth0", "0000", "").to_dict()]}
+            "attachments": [Attachment("vm-1", "eth0", str(uuid.uuid4()), "").to_dict()]}
     with pytest.raises(RegistryError, match="unknown network"):
         parse(json.dumps(data), "r")
 
