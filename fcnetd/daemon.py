@@ -20,7 +20,7 @@ from .bus import connect, request_name
 from .engine import Engine
 from .errors import FcnetError
 from .names import BUS_NAME
-from .netlink import Netlink
+from .netlink import LinkEvent, LinkMonitor, Netlink, bridge_state_of
 from .notify import Notifier
 from .registry import Lock, Registry, RegistryError, parse as parse_registry
 from .service import Manager
@@ -89,6 +89,8 @@ class Daemon:
         manager.install_fast_paths()  # after the gate: it checks callers first
         self.manager = manager
         await self.netlink.open()
+        # Subscribed before the kernel is read, so no change made meanwhile is lost.
+        monitor = LinkMonitor().open()
         # Calls that arrive once the name is ours wait at the engine's gate
         # until the kernel is reconciled.
         async with self.engine.gate.exclusive():
@@ -102,7 +104,7 @@ class Daemon:
         self.watcher.watch(self.registry.path)
         if self.config.path:
             self.watcher.watch(self.config.path)
-        self._spawn(self.netlink.watch_links(self._link_event))
+        self._spawn(monitor.run(self._link_event))
         self._spawn(self._bus_lost())
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
@@ -181,11 +183,11 @@ class Daemon:
             await self._write_back()
             return
         try:
-            with open(path, encoding="utf-8") as f:
+            with open(path, "rb") as f:
                 snap = parse_registry(f.read(), path)
-        except (RegistryError, UnicodeDecodeError) as e:
-            aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}"
-            os.replace(path, aside)
+        except RegistryError as e:
+            aside = f"{path}.bad-{time.strftime('%Y%m%dT%H%M%S')}-{time.time_ns() % 10**9:09d}"
+            os.link(path, aside)  # not a rename: registry.json never goes missing, it is replaced below
             log.error("hand edit rejected (%s); kept it as %s and wrote the daemon's state back", e, aside)
             await self._write_back()
             return
@@ -209,17 +211,17 @@ class Daemon:
             self.exit_code = 1
             self.stopping.set()
 
-    def _link_event(self, event: str | None, ifname: str | None, up: bool, carrier: bool) -> None:
-        if event is None:  # the kernel dropped events: read everything again
+    def _link_event(self, ev: LinkEvent | None) -> None:
+        if ev is None:  # the kernel dropped events: read everything again
             log.warning("link events were lost; reconciling")
             self._spawn(self.engine.reconcile())
-        elif ifname in self.config.bridges:
-            if self.engine.bridge_event(ifname, event == "RTM_DELLINK", up):
-                self._spawn(self.engine.refresh_bridge(ifname))
-        elif event == "RTM_DELLINK" and ifname:
-            self.engine.tap_vanished(ifname)
-        elif ifname:
-            self.engine.tap_changed(ifname, up, carrier)
+        elif ev.ifname in self.config.bridges:
+            if self.engine.bridge_changed(ev.ifname, bridge_state_of(ev)):
+                self._spawn(self.engine.restore_vlan_filtering(ev.ifname))
+        elif ev.event == "RTM_DELLINK":
+            self.engine.tap_vanished(ev.ifname)
+        else:
+            self.engine.tap_changed(ev.ifname, ev.up, ev.carrier)
 
     async def run(self) -> None:
         await self.start()

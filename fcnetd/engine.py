@@ -19,10 +19,11 @@ from dataclasses import dataclass, field, replace
 from . import errors as E
 from . import faultpoint
 from .config import Config
-from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id,
-                    check_ifname, check_mac, check_name, check_nic, check_uid, check_vlan, matches_search)
+from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id, check_ifname,
+                    check_mac, check_name, check_nic, check_tap_name, check_uid, check_vlan, excerpt,
+                    matches_search)
 from .locks import Gate, KeyedLocks
-from .netlink import BridgeState, Netlink, TapState
+from .netlink import BridgeState, Device, Netlink, TapState
 from .registry import Registry, Snapshot
 
 log = logging.getLogger("fcnetd.engine")
@@ -102,7 +103,7 @@ class Engine:
             raise E.InvalidArgs("network", "must be a network id or name")
         net = self.registry.networks.get(ref) or self.registry.by_name.get(ref)
         if net is None:
-            raise E.NoSuchNetwork(f"no network with id or name {ref!r}")
+            raise E.NoSuchNetwork(f"no network with id or name {excerpt(ref)}")
         return net
 
     def attachments_of(self, net: Network) -> list[Attachment]:
@@ -125,7 +126,7 @@ class Engine:
 
     def list_networks(self, search: str = "", kind: str = "", bridge: str = "") -> list[Network]:
         if kind not in ("", "bridge", "vlan"):
-            raise E.InvalidArgs("type", f"{kind!r} must be 'bridge' or 'vlan'")
+            raise E.InvalidArgs("type", f"{excerpt(kind)} must be 'bridge' or 'vlan'")
         if not isinstance(search, str) or len(search) > 128:
             raise E.InvalidArgs("search", "must be text of at most 128 characters")
         needle = search.lower()
@@ -172,13 +173,27 @@ class Engine:
         self.set_bridge(bridge, state)
         return state
 
-    def bridge_event(self, bridge: str, deleted: bool, up: bool) -> bool:
-        """A link event for an allowed bridge; True if its state must be read again."""
-        state = self.bridges.get(bridge)
-        if deleted:
-            self.set_bridge(bridge, None)
+    def bridge_changed(self, bridge: str, state: BridgeState | None) -> bool:
+        """A link event for an allowed bridge, with its state as the kernel
+        tells it. True if VLAN filtering was turned off behind our back on a
+        bridge that carries tagged networks: the caller must restore it
+        (restore_vlan_filtering). Until then the cached state says it is
+        off, so no tagged TAP is plugged: create_tap turns it on first."""
+        self.set_bridge(bridge, state)
+        if state is None or state.vlan_filtering is not False or not self._carries_tagged(bridge):
             return False
-        return state is None or state.up != up
+        self.stats.reconcile["drift"] += 1
+        log.warning("VLAN filtering on bridge %s was turned off behind fcnetd's back; turning it on again", bridge)
+        return True
+
+    def _carries_tagged(self, bridge: str) -> bool:
+        return any(n.bridge == bridge and n.vlan for n in self.registry.networks.values())
+
+    async def restore_vlan_filtering(self, bridge: str) -> None:
+        try:
+            await self._prepare_bridge(bridge, 1)
+        except E.FcnetError as e:
+            log.error("cannot turn VLAN filtering on again on bridge %s: %s", bridge, e)
 
     async def refresh_bridge(self, bridge: str) -> None:
         try:
@@ -369,7 +384,7 @@ class Engine:
         if gid is not None:
             check_uid(gid, "owner_gid")
         if name:
-            check_ifname(name, "tap_name")
+            check_tap_name(name, self.config.reserved_ifnames)
         async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
             att = self._attachment(vm_id, nic)
             if (tap := self.taps.get(att.key)) is not None:
@@ -438,7 +453,15 @@ class Engine:
         result = defaultdict(int)
         for bridge in self.config.bridges:
             await self.refresh_bridge(bridge)
+            state = self.bridges.get(bridge)
+            if state is not None and state.vlan_filtering is False and self._carries_tagged(bridge):
+                log.warning("VLAN filtering on bridge %s is off though it carries tagged networks; "
+                            "turning it on again", bridge)
+                await self._prepare_bridge(bridge, 1)
+                result["drift"] += 1
         kernel = await self.netlink.taps()
+        filtering = any(s is not None and s.vlan_filtering for s in self.bridges.values())
+        port_vlans = await self.netlink.all_port_vlans() if filtering and kernel else {}
         faultpoint.reached("reconcile.dumped")
         adopted = {}
         for key, tap in kernel.items():
@@ -452,12 +475,13 @@ class Engine:
             bridge = self.bridges.get(net.bridge)
             if bridge is not None:
                 if tap.master != bridge.index:
-                    await self.netlink.set_master(tap.index, bridge.index, f"tap {tap.name}")
+                    await self.netlink.set_master(tap.index, bridge.index, Device("tap", tap.name), net.bridge)
                     result["drift"] += 1
                 if net.vlan and bridge.vlan_filtering:
                     want = {net.vlan: {"pvid", "untagged"}}
-                    if await self.netlink.port_vlans(tap.index) != want:
-                        await self.netlink.set_port_vlans(tap.index, want, f"tap {tap.name}")
+                    current = port_vlans.get(tap.index, {})
+                    if current != want:
+                        await self.netlink.set_port_vlans(tap.index, want, Device("tap", tap.name), current)
                         result["drift"] += 1
             adopted[key] = tap
             result["adopted"] += 1

@@ -9,11 +9,12 @@ line can never end up in the middle of the file.
 
 from __future__ import annotations
 
-import json
 import os
 
 from . import faultpoint
 from .atomicfile import fsync_directory, write_atomic
+from .errors import InvalidArgs
+from .model import load_json_object
 
 
 class JournalError(Exception):
@@ -85,8 +86,8 @@ class Journal:
         lines = data.split(b"\n")
         for number, line in enumerate(lines[:-1], 1):
             try:
-                record = json.loads(line)
-            except (ValueError, RecursionError):
+                record = load_json_object(line, f"line {number}")
+            except InvalidArgs:
                 record = None
             if not isinstance(record, dict) or not isinstance(record.get("seq"), int) \
                     or isinstance(record.get("seq"), bool):

@@ -261,6 +261,7 @@ class Netlink:
     async def ensure_bridge(self, name: str, create: bool, mtu: int, vlan_filtering: bool) -> BridgeState:
         device = Device("bridge", name)
         state = await self.bridge(name)
+        created = state is None
         if state is None:
             if not create:
                 raise BridgeNotFound(
@@ -284,6 +285,8 @@ class Netlink:
             try:
                 await self._rt("link", "set", index=state.index, kind="bridge", br_vlan_filtering=1)
             except NetlinkError as e:
+                if created:  # a refused tagged network leaves no bridge made for it
+                    await self.delete_link(name, device)
                 raise translate(e, device, "vlan_filtering") from e
         return await self.bridge(name)
 

@@ -29,7 +29,7 @@ from . import faultpoint
 from .atomicfile import write_atomic
 from .errors import Internal, InvalidArgs
 from .journal import Journal, JournalError
-from .model import Attachment, Network
+from .model import Attachment, Network, check_registry_document, excerpt, load_json
 
 log = logging.getLogger("fcnetd.registry")
 SCHEMA = 2  # 2: registry.json carries `seq` and is continued by registry.journal
@@ -55,47 +55,31 @@ class Snapshot:
 
 
 # -- the snapshot file -----------------------------------------------------------
-def parse(text: str, where: str) -> Snapshot:
+def parse(text: str | bytes, where: str) -> Snapshot:
+    """A registry.json, checked by the same rules as the API's input."""
     try:
-        data = json.loads(text)
-    except (ValueError, RecursionError) as e:
-        reason = "nested too deeply" if isinstance(e, RecursionError) else e
-        raise RegistryError(f"{where} is not valid JSON ({reason}); fix or move it aside") from None
-    if not isinstance(data, dict):
-        raise RegistryError(f"{where} has no schema version; fix or move it aside")
-    schema = data.get("schema")
-    if isinstance(schema, bool) or not isinstance(schema, int) or schema < 1:
-        raise RegistryError(f"{where} has no schema version (a whole number from 1); fix or move it aside")
-    if schema > SCHEMA:
-        raise RegistryError(
-            f"{where} has schema {schema}, newer than this fcnetd understands ({SCHEMA}); run a newer fcnetd")
-    seq = data.get("seq", 0)
-    if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
-        raise RegistryError(f"{where}: seq must be a whole number from 0")
+        data = load_json(text, "JSON")
+        doc = check_registry_document(data, SCHEMA, extra_keys=("seq",))
+        seq = data.get("seq", 0)
+        if isinstance(seq, bool) or not isinstance(seq, int) or seq < 0:
+            raise InvalidArgs("seq", f"{excerpt(seq)} must be a whole number from 0")
+    except InvalidArgs as e:
+        raise RegistryError(f"{where}: {e}; fix or move it aside") from None
     state = State()
     try:
-        for key in ("networks", "attachments"):
-            if not isinstance(data.get(key, []), list):
-                raise RegistryError(f"{where}: {key} must be a list")
-        for raw in data.get("networks", []):
-            net = Network.from_dict(_record(raw, "network"))
+        for i, raw in enumerate(doc.networks):
+            net = Network.from_dict(raw, f"networks[{i}]")
             if (why := state.conflict(net)) is not None:
-                raise RegistryError(f"{where}: {why}")
+                raise RegistryError(f"{where}: {why}; fix or move it aside")
             state.add_network(net)
-        for raw in data.get("attachments", []):
-            att = Attachment.from_dict(_record(raw, "attachment"))
+        for i, raw in enumerate(doc.attachments):
+            att = Attachment.from_dict(raw, f"attachments[{i}]")
             if (why := state.attachment_conflict(att)) is not None:
-                raise RegistryError(f"{where}: {why}")
+                raise RegistryError(f"{where}: {why}; fix or move it aside")
             state.add_attachment(att)
-    except (InvalidArgs, ValueError, TypeError, AttributeError) as e:
-        raise RegistryError(f"{where}: invalid record: {e}") from None
+    except InvalidArgs as e:
+        raise RegistryError(f"{where}: invalid record: {e}; fix or move it aside") from None
     return Snapshot(state.networks, state.attachments, seq)
-
-
-def _record(raw: object, what: str) -> dict:
-    if not isinstance(raw, dict):
-        raise InvalidArgs(what, "each record must be a JSON object")
-    return raw
 
 
 def serialize(snap: Snapshot) -> bytes:
@@ -192,14 +176,14 @@ def replay(state: State, record: dict) -> str | None:
     op = record.get("op")
     try:
         if op == "add_network":
-            target = Network.from_dict(_record(record.get("network"), "network"))
+            target = Network.from_dict(record.get("network"), "network")
             why = state.conflict(target)
         elif op == "remove_network":
             target = state.networks.get(record.get("id"))
             why = (f"network {record.get('id')} is not there" if target is None else
                    f"network {target.name} still has attachments" if state.by_network.get(target.id) else None)
         elif op == "add_attachment":
-            target = Attachment.from_dict(_record(record.get("attachment"), "attachment"))
+            target = Attachment.from_dict(record.get("attachment"), "attachment")
             why = state.attachment_conflict(target)
         elif op == "remove_attachment":
             target = state.attachments.get((record.get("vm_id"), record.get("nic")))
@@ -271,14 +255,12 @@ class Registry(State):
         records it had to skip (each with the reason), for the log."""
         self._remove_stale_temp_files()
         try:
-            with open(self.path, encoding="utf-8") as f:
+            with open(self.path, "rb") as f:
                 text = f.read()
             snap = parse(text, self.path)
             self._snapshot_bytes = len(text)
         except FileNotFoundError:
             snap = Snapshot({}, {})
-        except UnicodeDecodeError:
-            raise RegistryError(f"{self.path} is not UTF-8 text; fix or move it aside") from None
         try:
             records, good, torn = Journal.read(self.journal.path)
         except JournalError as e:

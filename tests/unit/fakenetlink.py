@@ -28,7 +28,7 @@ from fcnetd import errors as E
 from fcnetd.netlink import BridgeState, TapState
 
 OPERATIONS = ("ensure_bridge", "bridge", "create_tap", "delete_link", "taps", "link_index",
-              "set_master", "port_vlans", "set_port_vlans")
+              "set_master", "port_vlans", "all_port_vlans", "set_port_vlans")
 
 
 class Gate:
@@ -126,14 +126,18 @@ class YieldingNetlink:
         await self._kernel("link_index")
         return None
 
-    async def set_master(self, index, master, what):
+    async def set_master(self, index, master, what, bridge=""):
         await self._kernel("set_master")
 
     async def port_vlans(self, index):
         await self._kernel("port_vlans")
         return {}
 
-    async def set_port_vlans(self, index, wanted, what):
+    async def all_port_vlans(self):
+        await self._kernel("all_port_vlans")
+        return {}
+
+    async def set_port_vlans(self, index, wanted, what, current=None):
         await self._kernel("set_port_vlans")
 
 

@@ -63,8 +63,9 @@ def test_missing_file_is_an_empty_registry(tmp_path):
 
 @pytest.mark.parametrize("text,why", [
     ("", "not valid JSON"), ("[]", "no schema"), ('{"schema": 3}', "newer"),
-    ('{"schema": true}', "no schema"), ('{"schema": 0}', "no schema"), ('{"schema": -5}', "no schema"),
-    ('{"schema": "1"}', "no schema"), ('{"schema": 1, "networks": {}}', "must be a list"),
+    ('{"schema": true}', "schema: True must be an integer"), ('{"schema": 0}', "schema: 0 must be"),
+    ('{"schema": -5}', "schema: -5 must be"), ('{"schema": "1"}', "must be an integer"),
+    ('{"schema": 1, "seq": -1}', "seq: -1 must be"), ('{"schema": 1, "networks": {}}', "must be a list"),
     ('{"schema": 1, "networks": [7]}', "JSON object"),
     ('{"schema": 1, "networks": [{"id": 1}]}', "invalid record"),
     ('[' * 100000 + ']' * 100000, "nested too deeply"),
