@@ -9,7 +9,8 @@ every change not yet durable is undone in memory, newest first, and each of
 their callers gets the error: memory goes back to exactly what is on disk.
 
 The journal is folded into a fresh snapshot in the background once it
-outgrows the snapshot, and at a clean stop. At start: snapshot, then the
+outgrows the snapshot, after a second without changes (so the file an admin
+opens is current), and at a clean stop. At start: snapshot, then the
 journal's lines after its seq; a torn last line was never acknowledged and
 is dropped.
 """
@@ -37,6 +38,7 @@ FILENAME = "registry.json"
 JOURNAL = "registry.journal"
 LOCKNAME = "registry.lock"
 COMPACT_MIN_BYTES = 1 << 20  # below this a journal is cheaper to keep than to fold
+IDLE_FOLD_SECONDS = 1.0  # a quiet journal is folded too, so registry.json is current for human eyes
 
 
 class RegistryError(Exception):
@@ -197,6 +199,38 @@ def replay(state: State, record: dict) -> str | None:
     return why
 
 
+def replay_after(state: State, records: list[dict], seq: int) -> list[str]:
+    """Applies the journal records after `seq` (the snapshot's); returns
+    the ones skipped, each with the reason."""
+    return [f"journal seq {r['seq']} ({r.get('op')}): {why}" for r in records
+            if r["seq"] > seq and (why := replay(state, r)) is not None]
+
+
+def read_registry(state_dir: str) -> tuple[Snapshot, list[str]]:
+    """The registry as the files hold it (snapshot, then the journal), with
+    the journal records that did not fit; reads only, so it is safe beside
+    a running daemon."""
+    path = os.path.join(state_dir, FILENAME)
+    try:
+        with open(path, "rb") as f:
+            snap = parse(f.read(), path)
+    except FileNotFoundError:
+        snap = Snapshot({}, {})
+    journal = os.path.join(state_dir, JOURNAL)
+    try:
+        records, _, _ = Journal.read(journal)
+    except JournalError as e:
+        raise RegistryError(str(e)) from None
+    state = State()
+    for net in sorted(snap.networks.values(), key=lambda n: n.created):
+        state.add_network(net)
+    for att in snap.attachments.values():
+        state.add_attachment(att)
+    skipped = replay_after(state, records, snap.seq)
+    seq = max([snap.seq] + [r["seq"] for r in records])
+    return Snapshot(state.networks, state.attachments, seq), skipped
+
+
 class Lock:
     """An exclusive lock on the state directory: one daemon per registry."""
 
@@ -246,6 +280,7 @@ class Registry(State):
         self.last_write: os.stat_result | None = None
         self._snapshot_bytes = 0
         self._compacting: asyncio.Task | None = None
+        self._idle_fold: asyncio.TimerHandle | None = None
         # observer(seconds, ok) is told of every journal write, for metrics.
         self.observer = observer or (lambda seconds, ok: None)
 
@@ -254,35 +289,19 @@ class Registry(State):
         """Reads the snapshot and replays the journal; returns the journal
         records it had to skip (each with the reason), for the log."""
         self._remove_stale_temp_files()
-        try:
-            with open(self.path, "rb") as f:
-                text = f.read()
-            snap = parse(text, self.path)
-            self._snapshot_bytes = len(text)
-        except FileNotFoundError:
-            snap = Snapshot({}, {})
-        try:
-            records, good, torn = Journal.read(self.journal.path)
-        except JournalError as e:
-            raise RegistryError(str(e)) from None
-        self.replace(snap)
-        skipped = self._replay(records, snap.seq)
+        snap, skipped = read_registry(self.state_dir)
+        _, good, torn = Journal.read(self.journal.path)
         if torn:
             log.warning("%s ended in a torn line (a write cut short, never acknowledged); dropped it",
                         self.journal.path)
             os.truncate(self.journal.path, good)
-        self.seq = self.durable = max([snap.seq] + [r["seq"] for r in records])
+        self.replace(snap)
+        self.seq = self.durable = snap.seq
+        try:
+            self._snapshot_bytes = os.path.getsize(self.path)
+        except FileNotFoundError:
+            pass
         self.journal.open()
-        return skipped
-
-    def _replay(self, records: list[dict], after: int) -> list[str]:
-        skipped = []
-        for record in records:
-            if record["seq"] <= after:
-                continue  # already in the snapshot
-            if (why := replay(self, record)) is not None:
-                skipped.append(f"journal seq {record['seq']} ({record.get('op')}): {why}")
-        self.version += 1
         return skipped
 
     def _remove_stale_temp_files(self) -> None:
@@ -382,7 +401,19 @@ class Registry(State):
         self.journal.drop_before(self.journal.size)
 
     def _maybe_compact(self) -> None:
-        if self._compacting is None and self.journal.size > max(COMPACT_MIN_BYTES, self._snapshot_bytes):
+        if self.journal.size > max(COMPACT_MIN_BYTES, self._snapshot_bytes):
+            self._start_compaction()
+        if self._idle_fold is not None:
+            self._idle_fold.cancel()
+        self._idle_fold = asyncio.get_running_loop().call_later(IDLE_FOLD_SECONDS, self._fold_when_idle)
+
+    def _fold_when_idle(self) -> None:
+        self._idle_fold = None
+        if self.journal.size:
+            self._start_compaction()
+
+    def _start_compaction(self) -> None:
+        if self._compacting is None:
             self._compacting = asyncio.get_running_loop().create_task(self._compact())
             self._compacting.add_done_callback(self._compacted)
 
@@ -409,12 +440,15 @@ class Registry(State):
         assert not self._pending, "a hand edit is taken only with no change in flight"
         records, _, _ = Journal.read(self.journal.path)
         self.replace(snap)
-        skipped = self._replay(records, snap.seq)
+        skipped = replay_after(self, records, snap.seq)
+        self.version += 1
         self.seq = self.durable = max(self.durable, snap.seq)
         self.save_now()
         return skipped
 
     def close(self) -> None:
+        if self._idle_fold is not None:
+            self._idle_fold.cancel()
         self.journal.close()
 
     def is_own_file(self) -> bool:

@@ -176,6 +176,19 @@ def wait_for(predicate, timeout=10.0, what="condition", interval=0.05):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+def folded_registry(state_dir: str, timeout: float = 10.0) -> dict:
+    """registry.json once the daemon has folded its journal into it (it does
+    after a second without changes): the file an admin opens to edit."""
+    def current():
+        try:
+            if os.path.getsize(os.path.join(state_dir, "registry.journal")) == 0:
+                with open(os.path.join(state_dir, "registry.json")) as f:
+                    return json.load(f)
+        except (FileNotFoundError, ValueError):
+            return None
+    return wait_for(current, timeout, what="the journal folded into registry.json")
+
+
 class Pool:
     """Several bus connections sharing a burst, as a pool of VM launchers
     would. Each keeps at most PER_CONNECTION calls waiting for a reply:
