@@ -102,7 +102,7 @@ def host(tmp_path):
     config.write_text('[daemon]\nhost = "node1"\n\n[bridges.fcbr0]\ncreate = true\n')
     # Foreign devices fcnetd must never touch, one of them named like its own.
     ns.ip("tuntap", "add", "dev", "vmtap999999", "mode", "tap")
-    ns.ip("link", "add", "foreign0", "type", "dummy")
+    ns.ip("link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
     yield ns, bus, str(config), str(tmp_path / "state")
     bus.stop()
     ns.delete()

@@ -121,7 +121,7 @@ def test_a_full_bridge_is_bridge_full_and_leaves_nothing_behind(daemon, bus):
     a foreign port takes one of the numbers, the kernel's EXFULL on the last
     enslavement reaches the caller as BridgeFull, with the half-made TAP gone
     and the VM still attached."""
-    daemon.ns.ip("link", "add", "foreign0", "type", "dummy")
+    daemon.ns.ip("link", "add", "foreign0", "type", "veth", "peer", "name", "foreign1")
 
     async def fill():
         async with Pool(bus.address, 2) as pool:
