@@ -181,22 +181,26 @@ class Netlink:
         self._requests = RequestSocket()
         self._slots = asyncio.Semaphore(self.MAX_IN_FLIGHT)
 
-    def _reopen(self) -> None:
-        # pyroute2 marks a socket the kernel overran as failed for good
-        self.ipr.close()
-        self.ipr = AsyncIPRoute()
+    def _reopen(self, failed: AsyncIPRoute) -> None:
+        """Replaces the socket the kernel overran (pyroute2 marks it failed
+        for good). Only that one: requests in flight on it all see the
+        overrun, and the second must not close the first one's replacement."""
+        if self.ipr is failed:
+            failed.close()
+            self.ipr = AsyncIPRoute()
 
     async def _rt(self, method: str, *args, **kwargs):
         """One request, bounded in flight; after an overrun (ENOBUFS) the
         socket is replaced and the request tried once more."""
         async with self._slots:
             for attempt in (1, 2):
+                ipr = self.ipr
                 try:
-                    return await getattr(self.ipr, method)(*args, **kwargs)
+                    return await getattr(ipr, method)(*args, **kwargs)
                 except OSError as e:
                     if e.errno != errno.ENOBUFS or attempt == 2:
                         raise
-                    self._reopen()
+                    self._reopen(ipr)
 
     async def _set_link(self, index: int, master: int | None = None, ifalias: str | None = None,
                         mtu: int = 0, up: bool = False) -> None:
