@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import itertools
 import json
 import os
 import socket
@@ -13,6 +14,7 @@ import struct
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import asdict, dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -67,8 +69,17 @@ class Sandbox:
         self.daemon = Daemon(self.ns, self.bus, self.state, self.config, extra=extra)
 
     def start(self) -> "Sandbox":
-        self.daemon.start(timeout=120)
+        self.daemon.start(timeout=600)
         return self
+
+    def restart(self) -> float:
+        """SIGTERM, then a new daemon on the same state: seconds from its
+        spawn to READY=1, start-up as systemd sees it."""
+        if self.daemon.stop() != 0:
+            raise RuntimeError(f"fcnetd did not stop cleanly: {self.daemon.output()[-2000:]}")
+        t = time.perf_counter()
+        self.daemon.start(timeout=600)
+        return time.perf_counter() - t
 
     def rss_kib(self) -> int:
         with open(f"/proc/{self.daemon.proc.pid}/status") as f:
@@ -104,6 +115,41 @@ class Client:
         self.conn.disconnect()
 
 
+class Pool:
+    """Calls spread over several connections, as a VM launcher pool makes
+    them: a system bus keeps at most max_replies_per_connection (128 in
+    Debian's system.conf) calls of one connection waiting for replies, so
+    each connection here has at most PER_CONNECTION outstanding. Same m()
+    and timed() as Client."""
+
+    PER_CONNECTION = 100
+
+    def __init__(self, address: str, size: int = 10):
+        self.clients = [Client(address) for _ in range(size)]
+        self.slots: list[asyncio.Semaphore] = []
+        self.turn = itertools.count()
+
+    async def open(self) -> "Pool":
+        for c in self.clients:
+            await c.open()
+        self.slots = [asyncio.Semaphore(self.PER_CONNECTION) for _ in self.clients]
+        return self
+
+    async def m(self, member: str, sig: str = "", *body):
+        i = next(self.turn) % len(self.clients)
+        async with self.slots[i]:
+            return await self.clients[i].m(member, sig, *body)
+
+    async def timed(self, member: str, sig: str, *body) -> float:
+        t = time.perf_counter()
+        await self.m(member, sig, *body)
+        return time.perf_counter() - t
+
+    def close(self) -> None:
+        for c in self.clients:
+            c.close()
+
+
 class WireClient:
     """A blocking D-Bus client that times a call to its reply's last byte and
     decodes nothing on the way: what the daemon and the bus take, without
@@ -134,16 +180,22 @@ class WireClient:
         msg, self.buf = bytes(self.buf[:total]), self.buf[total:]
         return msg
 
-    def call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> bytes:
-        """The raw reply (method return or error); signals are skipped."""
+    def send(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> None:
         self.serial += 1
         msg = Message(destination=dest, path=path, interface=iface, member=member, signature=sig,
                       body=body or [], serial=self.serial)
         self.sock.sendall(msg._marshall(False))
+
+    def reply(self) -> bytes:
+        """The next raw reply (method return or error); signals are skipped."""
         while True:
             reply = self._message()
             if reply[1] in (MessageType.METHOD_RETURN.value, MessageType.ERROR.value):
                 return reply
+
+    def call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> bytes:
+        self.send(dest, path, iface, member, sig, body)
+        return self.reply()
 
     def m(self, member: str, sig: str = "", *body) -> bytes:
         return self.call(BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, sig, list(body))
@@ -184,6 +236,26 @@ def run_in_ns(ns: Netns, script: str, *args: str, timeout: float = 1200) -> dict
     if res.returncode != 0:
         raise RuntimeError(f"{script} failed: {res.stderr}")
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def write_registry(state_dir: str, networks: int, attachments: int, bridge: str = "fcbr0",
+                   host: str = "bench") -> None:
+    """A schema-1 registry.json as today's fcnetd writes it (registry.py
+    `serialize`), written here without fcnetd's code so the bench keeps
+    proving that such a file loads: `networks` tagged networks (VLAN 1..n)
+    on `bridge`, `attachments` VMs spread over them round-robin."""
+    os.makedirs(state_dir, exist_ok=True)
+    ids = [str(uuid.UUID(int=vid)) for vid in range(1, networks + 1)]
+    nets = [json.dumps({"id": ids[vid - 1], "name": f"{bridge}-vlan-{vid}", "bridge": bridge, "vlan": vid,
+                        "host": host, "created": f"2026-01-01T00:00:00.{vid:06d}Z", "origin": "manual",
+                        "description": ""}, separators=(",", ":")) for vid in range(1, networks + 1)]
+    atts = [json.dumps({"vm_id": f"vm-{i}", "nic": "eth0", "network_id": ids[i % networks], "vm_name": f"vm-{i}",
+                        "mac": "", "attached": "2026-01-02T00:00:00.000000Z"}, separators=(",", ":"))
+            for i in range(attachments)]
+    text = ('{"schema": 1,\n "networks": [\n' + ",\n".join("  " + n for n in nets)
+            + '\n ],\n "attachments": [\n' + ",\n".join("  " + a for a in atts) + "\n ]}\n")
+    with open(os.path.join(state_dir, "registry.json"), "w") as f:
+        f.write(text)
 
 
 def v(sig, value):

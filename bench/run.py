@@ -15,8 +15,9 @@ import sys
 import tempfile
 import time
 
-from common import (Client, Figure, Sandbox, WireClient, bounded_gather, decode, p, p50, run_in_ns, save, table,
-                    v)
+import floor
+from common import (Client, Figure, Pool, Sandbox, WireClient, bounded_gather, decode, p, p50, run_in_ns, save,
+                    table, v, write_registry)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
@@ -26,23 +27,24 @@ from fcnetd.registry import Registry, serialize  # noqa: E402
 MS = 1000.0
 
 
-async def attach(c: Client, n: int, bridge: str, prefix: str) -> None:
+async def attach(c: Pool, n: int, bridge: str, prefix: str) -> None:
     await bounded_gather([c.m("AttachVm", "ssqa{sv}", f"{prefix}{i}", bridge, 0, {}) for i in range(n)])
 
 
-async def create_taps(c: Client, start: int, n: int, prefix: str) -> list[float]:
+async def create_taps(c: Pool, start: int, n: int, prefix: str) -> list[float]:
     return [await c.timed("CreateTap", "ssa{sv}", f"{prefix}{i}", "eth0", {"owner_uid": v("u", 1000)})
             for i in range(start, start + n)]
 
 
-async def provision(sb: Sandbox, c: Client, n: int, bridge: str, prefix: str) -> dict:
+async def provision(sb: Sandbox, c: Pool, n: int, bridge: str, prefix: str) -> dict:
     await attach(c, n, bridge, prefix)
     return {"create": await create_taps(c, 0, n, prefix)}
 
 
-async def unprovision(c: Client, n: int, prefix: str) -> float:
+async def unprovision(c: Pool, n: int, prefix: str) -> float:
+    """All n DeleteTap at once, spread over the pool's connections."""
     t = time.perf_counter()
-    await bounded_gather([c.m("DeleteTap", "ss", f"{prefix}{i}", "eth0") for i in range(n)], limit=2000)
+    await bounded_gather([c.m("DeleteTap", "ss", f"{prefix}{i}", "eth0") for i in range(n)], limit=n)
     total = time.perf_counter() - t
     await bounded_gather([c.m("DetachVm", "ss", f"{prefix}{i}", "eth0") for i in range(n)])
     return total
@@ -52,17 +54,39 @@ def scrape(sb: Sandbox, url: str, count: int, gap: float) -> dict:
     return run_in_ns(sb.ns, os.path.join(HERE, "scraper.py"), url, "--count", str(count), "--gap", str(gap))
 
 
-async def bench_provisioning(sb, c, figures, sizes):
-    """The four ways take turns in chunks, so a noisy neighbour slows them
-    alike; each fills its own bridge to the same size. The baselines' bridges
-    are not in the daemon's allow-list."""
+def baseline_ways(sb: Sandbox, names: list[str], program: str | None) -> dict:
+    """Each baseline way: (its bridge, its TAP prefix, create(n, prefix,
+    start) -> seconds per TAP)."""
     helper = os.path.join(HERE, "inproc_taps.py")
-    ways = (("pyroute2", "bpr", "pr"), ("netlink", "bnl", "nl"), ("shell", "bsh", "sh"))
+
+    def python_way(way, bridge):
+        return lambda n, prefix, start: run_in_ns(sb.ns, helper, way, "create", str(n), bridge, prefix,
+                                                  str(start))["create"]
+    ways = {"pyroute2": ("bpr", "pr"), "netlink": ("bnl", "nl"), "shell": ("bsh", "sh"), "floor": ("bfl", "fl")}
+    out = {}
+    for name in names:
+        bridge, short = ways[name]
+        if name == "floor":
+            sb.ns.ip("link", "add", bridge, "type", "bridge")
+            sb.ns.ip("link", "set", bridge, "up")
+            out[name] = (bridge, short, lambda n, prefix, start, bridge=bridge:
+                         floor.create(program, sb.ns.name, n, bridge, prefix, start, 1000))
+        else:
+            out[name] = (bridge, short, python_way(name, bridge))
+    return out
+
+
+async def bench_provisioning(sb, c, figures, sizes, names, program):
+    """D-Bus and the baseline ways take turns in chunks, so a noisy
+    neighbour slows them alike; each fills its own bridge to the same size.
+    The baselines' bridges are not in the daemon's allow-list."""
+    helper = os.path.join(HERE, "inproc_taps.py")
+    ways = baseline_ways(sb, names, program)
     for n in sizes:
         rounds = 20 if n == 1 else 10  # a single TAP is one sample: repeat it
         chunk = max(1, n // 10) if n > 1 else 1
         d_create, d_delete = [], []
-        create = {way: [] for way, _, _ in ways}
+        create = {way: [] for way in ways}
         delete = {"netlink": [], "shell": []}
         for r in range(rounds):
             tag = f"{n}r{r}-" if n == 1 else f"{n}-"
@@ -70,32 +94,39 @@ async def bench_provisioning(sb, c, figures, sizes):
             if n == 1 or r == 0:
                 await attach(c, n, "fcbr0", f"p{tag}")
             d_create += await create_taps(c, start, chunk, f"p{tag}")
-            for way, bridge, short in ways:
-                prefix = f"{short}{n}r{r if n == 1 else 0}x"
-                create[way] += run_in_ns(sb.ns, helper, way, "create", str(chunk), bridge, prefix, str(start))["create"]
+            for way, (bridge, short, make) in ways.items():
+                create[way] += make(chunk, f"{short}{n}r{r if n == 1 else 0}x", start)
             if n == 1 or r == rounds - 1:
                 d_delete.append(await unprovision(c, n, f"p{tag}"))
-                for way, bridge, short in ways:
+                for way, (bridge, short, _) in ways.items():
                     prefix = f"{short}{n}r{r if n == 1 else 0}x"
                     how = "shell" if way == "shell" else "netlink"
                     took = run_in_ns(sb.ns, helper, how, "delete", str(n), bridge, prefix)["delete_total"]
-                    if way != "pyroute2":
+                    if way in delete:
                         delete[way].append(took)
         dbus_p50 = p50(d_create) * MS
-        pr_p50, nl_p50, sh_p50 = (p50(create[w]) * MS for w in ("pyroute2", "netlink", "shell"))
+        base = {way: p50(lat) * MS for way, lat in create.items()}
         label = f"{n} TAP" + (f", {rounds} rounds" if n == 1 else "s")
-        figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs pyroute2 API in-process)", dbus_p50, "ms",
-                              "pyroute2", pr_p50, "<= 1.5x", dbus_p50 <= 1.5 * pr_p50))
-        figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs fcnetd's netlink code in-process)", dbus_p50,
-                              "ms", "fcnetd.netlink", nl_p50, "-", None))
-        figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs ip shell-outs)", dbus_p50, "ms",
-                              "ip", sh_p50, "<= 0.4x (2.5x faster)", dbus_p50 * 2.5 <= sh_p50))
-        figures.append(Figure(f"{n} concurrent DeleteTap over D-Bus, total", p50(d_delete), "s",
-                              "fcnetd.netlink in-process", p50(delete["netlink"]),
-                              "< 6 s" if n == 1000 else "-", p50(d_delete) < 6 if n == 1000 else None))
-        print(f"  provisioning {n}: D-Bus p50 {dbus_p50:.2f} ms, pyroute2 {pr_p50:.2f} ms, "
-              f"fcnetd.netlink {nl_p50:.2f} ms, ip {sh_p50:.2f} ms, delete {p50(d_delete):.2f} s "
-              f"(in-process {p50(delete['netlink']):.2f} s, ip {p50(delete['shell']):.2f} s)", flush=True)
+        if "pyroute2" in base:
+            figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs pyroute2 API in-process)", dbus_p50, "ms",
+                                  "pyroute2", base["pyroute2"], "<= 1.5x", dbus_p50 <= 1.5 * base["pyroute2"]))
+        if "netlink" in base:
+            figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs fcnetd's netlink code in-process)", dbus_p50,
+                                  "ms", "fcnetd.netlink", base["netlink"], "-", None))
+        if "shell" in base:
+            figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs ip shell-outs)", dbus_p50, "ms",
+                                  "ip", base["shell"], "<= 0.4x (2.5x faster)", dbus_p50 * 2.5 <= base["shell"]))
+        if "floor" in base:
+            figures.append(Figure(f"CreateTap p50, {label} (D-Bus vs the floor: C, ioctl + rtnetlink)", dbus_p50,
+                                  "ms", "C floor", base["floor"], "<= 2x", dbus_p50 <= 2 * base["floor"]))
+        if "netlink" in delete and delete["netlink"]:
+            figures.append(Figure(f"{n} concurrent DeleteTap over D-Bus, total", p50(d_delete), "s",
+                                  "fcnetd.netlink in-process", p50(delete["netlink"]),
+                                  "< 6 s" if n == 1000 else "-", p50(d_delete) < 6 if n == 1000 else None))
+        print(f"  provisioning {n}: D-Bus p50 {dbus_p50:.2f} ms, "
+              + ", ".join(f"{way} {ms:.2f} ms" for way, ms in base.items())
+              + f", delete {p50(d_delete):.2f} s"
+              + "".join(f" ({way} {p50(t):.2f} s)" for way, t in delete.items() if t), flush=True)
 
 
 async def bench_scrape_and_memory(sb, c, figures, big: int):
@@ -195,13 +226,10 @@ def bench_registry_save(figures, workdir):
 
 
 async def bench_list(figures, workdir):
-    state = os.path.join(workdir, "list-state")
-    os.makedirs(state, exist_ok=True)
-    seeded_registry(state, 4094, 0).save_now()
     sb = Sandbox(os.path.join(workdir, "list"), bridges=1, metrics=False)
-    sb.daemon.state_dir = state
-    sb.start()
     try:
+        write_registry(sb.state, 4094, 0)
+        sb.start()
         wire = WireClient(sb.bus.address)
         entries = decode(wire.m("ListNetworks", "a{sv}", {})).body[0]
         if len(entries) != 4094 or len(entries[0]) != 12:
@@ -222,21 +250,63 @@ async def bench_list(figures, workdir):
         sb.close()
 
 
+GROUPS = {
+    "provisioning": "CreateTap against every baseline (pyroute2, fcnetd.netlink, ip, the C floor), DeleteTap burst",
+    "floor": "CreateTap against the C floor only",
+    "scrape": "metrics scrapes, RSS, CreateTap bursts while scraping, 10,000 TAPs",
+    "registry": "registry save at 4,094 networks + 10,000 attachments",
+    "list": "ListNetworks of 4,094 networks",
+    "webui": "the web UI's Networks page",
+    "attach": "AttachVm / DetachVm at 0 / 10,000 / 100,000 attachments",
+    "restart": "restart to READY=1 at 0 / N / 2N TAPs",
+    "bulk": "CreateTap p99 while another connection floods bulk reads",
+}
+
+
 async def main(args) -> int:
+    only = set(args.only.split(",")) if args.only else set(GROUPS)
+    if only - set(GROUPS):
+        print(f"bench: unknown figure group(s) {', '.join(sorted(only - set(GROUPS)))}; "
+              f"choose from {', '.join(GROUPS)}", file=sys.stderr)
+        return 2
+    if args.skip_webui:
+        only.discard("webui")
     workdir = tempfile.mkdtemp(prefix="fcnetd-bench-")
+    ways = ["pyroute2", "netlink", "shell", "floor"] if "provisioning" in only else ["floor"] if "floor" in only else []
+    program = None
+    if "floor" in ways:
+        try:
+            program = floor.build(workdir)
+        except floor.NoCompiler as e:
+            print(f"bench: {e}", file=sys.stderr)
+            return 2
     figures: list[Figure] = []
     sizes = [int(x) for x in args.sizes.split(",")]
-    sb = Sandbox(os.path.join(workdir, "main")).start()
-    try:
-        c = await Client(sb.bus.address).open()
-        await bench_provisioning(sb, c, figures, sizes)
-        await bench_scrape_and_memory(sb, c, figures, args.big)
-        c.close()
-    finally:
-        sb.close()
-    bench_registry_save(figures, workdir)
-    await bench_list(figures, workdir)
-    if not args.skip_webui:
+    if ways or "scrape" in only:
+        sb = Sandbox(os.path.join(workdir, "main")).start()
+        try:
+            pool = await Pool(sb.bus.address).open()
+            if ways:
+                await bench_provisioning(sb, pool, figures, sizes, ways, program)
+            if "scrape" in only:
+                await bench_scrape_and_memory(sb, pool, figures, args.big)
+            pool.close()
+        finally:
+            sb.close()
+    if "registry" in only:
+        bench_registry_save(figures, workdir)
+    if "list" in only:
+        await bench_list(figures, workdir)
+    if "attach" in only:
+        from bench_attach import bench_attach
+        await bench_attach(figures, workdir)
+    if "restart" in only:
+        from bench_restart import bench_restart
+        await bench_restart(figures, workdir, args.restart_taps)
+    if "bulk" in only:
+        from bench_bulk import bench_bulk
+        await bench_bulk(figures, workdir)
+    if "webui" in only:
         try:
             from bench_webui import bench_webui
         except ImportError:
@@ -251,9 +321,13 @@ async def main(args) -> int:
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog="figure groups (--only):\n"
+                                 + "\n".join(f"  {k:<13} {d}" for k, d in GROUPS.items()))
+    ap.add_argument("--only", default="", help="comma-separated figure groups to run (default: all)")
     ap.add_argument("--sizes", default="1,100,1000", help="TAP counts for the provisioning figures")
     ap.add_argument("--big", type=int, default=10000, help="TAPs for the large scrape figure")
+    ap.add_argument("--restart-taps", type=int, default=1000, help="N for the restart figures (N and 2N TAPs)")
     ap.add_argument("--json", default=os.path.join(HERE, "results", "latest.json"))
     ap.add_argument("--skip-webui", action="store_true")
     sys.exit(asyncio.run(main(ap.parse_args())))
