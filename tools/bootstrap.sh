@@ -11,6 +11,7 @@ APT_PACKAGES=(
   qemu-system-x86 linux-image-amd64 busybox-static  # kernel tier (virtme-ng boots this kernel)
   prometheus prometheus-node-exporter             # promtool, a real Prometheus, the netdev baseline
   chromium                                        # browser tier
+  gcc libc6-dev                                   # bench: builds tapfloor.c, CreateTap's physical floor
 )
 
 missing=()
