@@ -113,6 +113,9 @@ def test_vlan_unsupported_on_this_kernel(stored, client, daemon):
     assert err.type == ERR + "VlanUnsupported"
     assert "CONFIG_BRIDGE_VLAN_FILTERING" in err.text and "shared segment" in err.text
     assert client.error("AttachVm", "ssqa{sv}", "vm-3", "fcbr0", 30, {}).type == ERR + "VlanUnsupported"
+    assert client.error("AttachVm", "ssqa{sv}", "vm-3", "fcbr1", 30, {}).type == ERR + "VlanUnsupported"
+    # Issue 9, item 14: the refusal leaves no bridge made for it.
+    assert daemon.ns.link("fcbr1") is None
 
 
 def test_a_full_bridge_is_bridge_full_and_leaves_nothing_behind(daemon, bus):

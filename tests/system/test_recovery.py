@@ -71,6 +71,23 @@ def test_second_instance_fails_fast_with_a_clear_message(daemon):
     assert "another fcnetd" in second.output() and "registry.lock" in second.output()
 
 
+def test_a_second_daemon_on_the_same_bus_leaves_every_device_as_it_found_it(daemon, client, tmp_path):
+    """Issue 9, item 12: a second fcnetd started by mistake with another
+    --state-dir reconciled before asking for the bus name, reaped every TAP
+    of the running daemon's VMs ("not attached"), then exited. The name is
+    now held before anything in the kernel is read for changes or touched."""
+    client.call("AttachVm", "ssqa{sv}", "vm-a", "fcbr0", 0, {})
+    tap = client.call("CreateTap", "ssa{sv}", "vm-a", "eth0", {})[0]
+    before = {l["ifname"]: (l.get("master"), l.get("ifalias"), l["flags"]) for l in daemon.ns.links()}
+    second = Daemon(daemon.ns, daemon.bus, str(tmp_path / "other-state"), daemon.config)
+    with pytest.raises(AssertionError, match="exited with 1"):
+        second.start(timeout=15)
+    assert "owned by another process" in second.output() and "reaped" not in second.output()
+    after = {l["ifname"]: (l.get("master"), l.get("ifalias"), l["flags"]) for l in daemon.ns.links()}
+    assert after == before and tap in after
+    assert client.call("GetNetwork", "s", "fcbr0")[0]["Taps"] == [tap]
+
+
 @pytest.mark.parametrize("content,reason", [
     ("{not json", "not valid JSON"),
     ('{"schema": 99, "networks": []}', "newer than this fcnetd"),
