@@ -6,6 +6,7 @@ and records which frame arrived where. Writes the checks as JSON to --out."""
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import subprocess
@@ -17,11 +18,14 @@ import traceback
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, ROOT)
 
+from fcnetd.names import MANAGER_IFACE, MANAGER_PATH  # noqa: E402
 from fcnetd.testbus import PrivateBus  # noqa: E402
 from tests.kernel.frames import BROADCAST, Endpoint, Wire, frame, mac  # noqa: E402
-from tests.system.harness import Client, Daemon, v  # noqa: E402
+from tests.system.harness import Client, Daemon, Pool, v  # noqa: E402
 
 WAIT = 0.6  # how long a silent port is watched; TCG is slow
+MANY_TAGGED = 2000  # scenario 10: tagged TAPs at a restart
+RESTART_BUDGET = 90  # s: systemd's default start timeout
 
 
 class Ns:
@@ -234,6 +238,16 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
     lab.expect(8, "tagged network apart from foreign ports", "g30", BROADCAST, set())
     lab.expect_not(8, "foreign port cannot reach the tagged network", "foreign1", "g30", {"g30"})
 
+    # 9. VLAN filtering switched off behind fcnetd's back: turned on again
+    # (drift, logged), and the tagged networks on that bridge stay apart.
+    sh("ip", "link", "set", "fcbr1", "type", "bridge", "vlan_filtering", "0")
+    restored = wait_until(lambda: bridge_filtering("fcbr1") == 1, 20)
+    report.check(9, "fcbr1's VLAN filtering, turned off by hand, is on again", restored,
+                 f"vlan_filtering={bridge_filtering('fcbr1')}")
+    report.check(9, "the drift is logged", "turned off behind fcnetd's back" in daemon.output())
+    lab.expect(9, "fcbr1 VLAN 10 after the repair", "e10", BROADCAST, {"f10"})
+    lab.expect_not(9, "fcbr1 apart from fcbr0 after the repair", "f10", "a10", outside["f10"])
+
     # 7. kill -9 and restart: everything above still holds; old TAPs can be deleted.
     daemon.kill9()
     again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=120)
@@ -262,8 +276,55 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
                      10 not in up and 20 in up, f"bridge vlan show dev upl0: {up}")
     finally:
         print(again.output()[-3000:], flush=True)
-        again.stop()
         wire.close()
+    try:
+        restart_with_many_tagged_taps(report, again, ns, bus)
+    finally:
+        again.stop()
+
+
+def restart_with_many_tagged_taps(report, daemon, ns, bus):
+    """10. A restart with 2,000 tagged TAPs reaches READY=1 in linear time:
+    one port-VLAN dump per reconcile (it used to dump every port per TAP)."""
+    async def make():
+        async with Pool(bus.address, 10) as pool:
+            vms = [(f"many{i}", "fcbr1" if i % 2 else "fcbr2") for i in range(MANY_TAGGED)]
+            await asyncio.gather(*(pool.call("AttachVm", "ssqa{sv}", vm, br, 40, {}) for vm, br in vms))
+            await asyncio.gather(*(pool.call("CreateTap", "ssa{sv}", vm, "eth0", {}) for vm, _ in vms))
+    existing = Client(bus.address).props(MANAGER_PATH, MANAGER_IFACE)["TapCount"]
+    started = time.monotonic()
+    asyncio.run(make())
+    made = time.monotonic() - started
+    assert daemon.stop() == 0
+    started = time.monotonic()
+    again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=300)
+    ready = time.monotonic() - started
+    try:
+        status = again.notifications[-1]
+        report.check(10, f"restart with {MANY_TAGGED:,} more tagged TAPs: READY=1 in {ready:.1f} s "
+                         f"(creating them took {made:.1f} s)",
+                     ready < RESTART_BUDGET and f"{existing + MANY_TAGGED} TAPs" in status, status)
+        sample = [f"many{i}" for i in (0, 1, MANY_TAGGED - 1)]
+        taps = {vm: Client(bus.address).call("CreateTap", "ssa{sv}", vm, "eth0", {})[0] for vm in sample}
+        report.check(10, "the adopted tagged TAPs kept VLAN 40 only",
+                     all(vlans_of(t) == {40: ["Egress Untagged", "PVID"]} for t in taps.values()),
+                     f"{ {t: vlans_of(t) for t in taps.values()} }")
+    finally:
+        again.stop()
+
+
+def wait_until(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def bridge_filtering(bridge: str) -> int | None:
+    data = json.loads(sh("ip", "-d", "-j", "link", "show", "dev", bridge))
+    return data[0].get("linkinfo", {}).get("info_data", {}).get("vlan_filtering")
 
 
 def main() -> int:

@@ -2,7 +2,6 @@
 nothing already stored changes (issue 2, "Bad input")."""
 
 import asyncio
-import json
 
 import pytest
 
