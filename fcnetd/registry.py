@@ -210,15 +210,21 @@ def read_registry(state_dir: str) -> tuple[Snapshot, list[str]]:
     """The registry as the files hold it (snapshot, then the journal), with
     the journal records that did not fit; reads only, so it is safe beside
     a running daemon."""
+    snap, skipped, _, _ = _read_files(state_dir)
+    return snap, skipped
+
+
+def _read_files(state_dir: str) -> tuple[Snapshot, list[str], int, bool]:
+    """read_registry(), plus the journal's good size and whether its last
+    line was torn."""
     path = os.path.join(state_dir, FILENAME)
     try:
         with open(path, "rb") as f:
             snap = parse(f.read(), path)
     except FileNotFoundError:
         snap = Snapshot({}, {})
-    journal = os.path.join(state_dir, JOURNAL)
     try:
-        records, _, _ = Journal.read(journal)
+        records, good, torn = Journal.read(os.path.join(state_dir, JOURNAL))
     except JournalError as e:
         raise RegistryError(str(e)) from None
     state = State()
@@ -228,7 +234,7 @@ def read_registry(state_dir: str) -> tuple[Snapshot, list[str]]:
         state.add_attachment(att)
     skipped = replay_after(state, records, snap.seq)
     seq = max([snap.seq] + [r["seq"] for r in records])
-    return Snapshot(state.networks, state.attachments, seq), skipped
+    return Snapshot(state.networks, state.attachments, seq), skipped, good, torn
 
 
 class Lock:
@@ -289,8 +295,7 @@ class Registry(State):
         """Reads the snapshot and replays the journal; returns the journal
         records it had to skip (each with the reason), for the log."""
         self._remove_stale_temp_files()
-        snap, skipped = read_registry(self.state_dir)
-        _, good, torn = Journal.read(self.journal.path)
+        snap, skipped, good, torn = _read_files(self.state_dir)
         if torn:
             log.warning("%s ended in a torn line (a write cut short, never acknowledged); dropped it",
                         self.journal.path)
