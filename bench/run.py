@@ -220,9 +220,10 @@ def bench_registry_save(figures, workdir):
             f.write(serialize(reg.snapshot()))
         plain.append(time.perf_counter() - t)
     d, pl = p50(durable) * MS, p50(plain) * MS
-    figures.append(Figure("registry save, 4,094 networks + 10,000 attachments", d, "ms",
+    # Since the journal this is the background fold, not a cost any call waits for.
+    figures.append(Figure("registry fold into registry.json, 4,094 networks + 10,000 attachments", d, "ms",
                           "same JSON, no fsync/rename", pl, "-", None))
-    print(f"  registry save: {d:.1f} ms (plain write {pl:.1f} ms)", flush=True)
+    print(f"  registry fold: {d:.1f} ms (plain write {pl:.1f} ms)", flush=True)
 
 
 async def bench_list(figures, workdir):
