@@ -148,7 +148,7 @@ def scenarios(report: Report, ns_name: str, workdir: str) -> None:
         f.write('[daemon]\nhost = "guest"\n[bridges.fcbr0]\ncreate = true\nuplink = "upl0"\n'
                 '[bridges.fcbr1]\ncreate = true\n[bridges.fcbr2]\ncreate = false\n')
     bus = PrivateBus().start()
-    daemon = Daemon(ns, bus, os.path.join(workdir, "state"), config).start(timeout=120)
+    daemon = Daemon(ns, bus, os.path.join(workdir, "state"), config).start(timeout=300)
     client = Client(bus.address)
     lab = Lab(report)
     try:
@@ -250,7 +250,7 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
 
     # 7. kill -9 and restart: everything above still holds; old TAPs can be deleted.
     daemon.kill9()
-    again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=120)
+    again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=300)
     try:
         for vm, (bridge, vlan) in vms.items():
             present = subprocess.run(["ip", "link", "show", taps[vm]], capture_output=True).returncode == 0

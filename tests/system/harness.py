@@ -92,7 +92,9 @@ class Daemon:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         sock.bind(sock_path)
         sock.settimeout(0.2)
-        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "PYTHONPATH": REPO}
+        # PYTHONFAULTHANDLER: a daemon that never gets ready is sent SIGABRT
+        # and prints where each of its threads was.
+        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "PYTHONPATH": REPO, "PYTHONFAULTHANDLER": "1"}
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)
@@ -109,6 +111,8 @@ class Daemon:
                 if self.proc.poll() is not None:
                     raise AssertionError(f"fcnetd exited with {self.proc.returncode}: {self.output()}")
                 if time.monotonic() > deadline:
+                    self.proc.send_signal(signal.SIGABRT)
+                    self.proc.wait(10)
                     raise AssertionError(f"fcnetd sent no READY=1 in {timeout}s: {self.output()}")
         finally:
             sock.close()
