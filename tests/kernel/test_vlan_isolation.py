@@ -34,7 +34,7 @@ SCENARIOS = {
     9: "VLAN filtering turned off behind fcnetd's back is turned on again",
     10: "a restart with 2,000 more tagged TAPs reaches READY in linear time",
 }
-BOOT_TIMEOUT = 480
+BOOT_TIMEOUT = 720
 
 
 def _kernel() -> str | None:
