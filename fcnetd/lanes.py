@@ -1,15 +1,23 @@
 """Fairness for bulk reads (Describe, GetManagedObjects, ListNetworks, ...).
 
 A bulk read costs milliseconds to tens of milliseconds at thousands of
-networks; a VM launcher's CreateTap must not wait behind a client that asks
-for hundreds of them. Two rules keep it so:
+networks, and its reply megabytes; a VM launcher's CreateTap must not wait
+behind a client that asks for hundreds of them. Three rules keep it so:
 
 - per caller, bulk reads run one at a time, in order; a caller may have
   PER_CALLER of them queued (the running one included) and is answered
   LimitsExceeded beyond that, so one connection holds at most one
   computation and a bounded queue, however fast it writes;
 - a computation over many networks runs in slices (`sliced`): it gives the
-  event loop back every SLICE_SECONDS, so other calls run in between.
+  event loop back every SLICE_SECONDS, so other calls run in between;
+- a caller gets at most UNREAD_BYTES of bulk replies it has not shown it
+  read. dbus-daemon keeps a reply the recipient does not read and charges
+  it to the sender: past max_incoming_bytes (127 MiB on a system bus) it
+  stops reading fcnetd's socket, and every caller waits. So past that
+  budget, and when its queue runs dry, a caller is pinged
+  (org.freedesktop.DBus.Peer.Ping, which every D-Bus library answers): the
+  bus delivers the ping behind the replies, so its answer proves they were
+  read. A caller that does not read gets nothing more until it does.
 """
 
 from __future__ import annotations
@@ -23,47 +31,70 @@ from typing import Awaitable, Callable, Iterable, TypeVar
 log = logging.getLogger("fcnetd.lanes")
 PER_CALLER = 16
 SLICE_SECONDS = 0.001
+UNREAD_BYTES = 8 << 20
+# Where the bus will not let fcnetd ping a caller (a policy without the rule
+# in dbus/), unread replies are paced at this rate instead.
+UNACKNOWLEDGED_RATE = 8 << 20  # bytes a second
 
 T = TypeVar("T")
+Job = Callable[[], Awaitable[int]]  # answers one call; returns the bytes it sent
+
+
+class Lane:
+    __slots__ = ("queue", "unread")
+
+    def __init__(self):
+        self.queue: deque[Job] = deque()
+        self.unread = 0
 
 
 class Lanes:
-    def __init__(self, per_caller: int = PER_CALLER):
+    def __init__(self, acknowledge: Callable[[str], Awaitable[bool]], per_caller: int = PER_CALLER):
+        """acknowledge(caller) returns once the caller has read everything
+        sent to it before: True, or False if that cannot be known."""
+        self.acknowledge = acknowledge
         self.per_caller = per_caller
-        self._queues: dict[str, deque[Callable[[], Awaitable[None]]]] = {}
+        self._lanes: dict[str, Lane] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.refused = 0
 
-    def submit(self, caller: str, job: Callable[[], Awaitable[None]]) -> bool:
+    def submit(self, caller: str, job: Job) -> bool:
         """Queues job behind the caller's other bulk reads; False if the
         caller already has per_caller of them."""
-        queue = self._queues.get(caller)
-        if queue is None:
-            queue = self._queues[caller] = deque()
-            task = asyncio.get_running_loop().create_task(self._drain(caller, queue))
+        lane = self._lanes.get(caller)
+        if lane is None:
+            lane = self._lanes[caller] = Lane()
+            task = asyncio.get_running_loop().create_task(self._drain(caller, lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        elif len(queue) >= self.per_caller:
-            self.refused += 1
+        elif len(lane.queue) >= self.per_caller:
             return False
-        queue.append(job)
+        lane.queue.append(job)
         return True
 
     def queued(self, caller: str) -> int:
-        return len(self._queues.get(caller, ()))
+        lane = self._lanes.get(caller)
+        return len(lane.queue) if lane is not None else 0
 
-    async def _drain(self, caller: str, queue: deque) -> None:
+    async def _drain(self, caller: str, lane: Lane) -> None:
         try:
-            while queue:
+            while lane.queue:
                 try:
-                    await queue[0]()
+                    lane.unread += await lane.queue[0]()
                 except Exception:  # jobs answer their own errors; this is a bug, not a reply
                     log.exception("bulk read of %s failed", caller)
-                queue.popleft()
-                await asyncio.sleep(0)  # the next read of this caller queues behind everyone else
+                lane.queue.popleft()
+                if lane.unread > UNREAD_BYTES or (lane.unread and not lane.queue):
+                    await self._read_by(caller, lane)
+                await asyncio.sleep(0)  # the caller's next read queues behind everyone else
         finally:
             # an idle caller costs nothing: callers come and go by the thousand
-            del self._queues[caller]
+            del self._lanes[caller]
+
+    async def _read_by(self, caller: str, lane: Lane) -> None:
+        started = time.monotonic()
+        if not await self.acknowledge(caller):
+            await asyncio.sleep(max(0.0, lane.unread / UNACKNOWLEDGED_RATE - (time.monotonic() - started)))
+        lane.unread = 0
 
 
 async def sliced(items: Iterable[T], fn: Callable[[T], object]) -> None:

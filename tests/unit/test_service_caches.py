@@ -11,7 +11,8 @@ import pytest
 from dbus_fast._private.unmarshaller import Unmarshaller
 
 from fcnetd import errors as E
-from fcnetd.bus import Message, Variant, unwrap
+from fcnetd.bus import Message, MessageType, Variant, unwrap
+from fcnetd import lanes
 from fcnetd.names import (BUS_NAME, LIMITS_EXCEEDED, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
                           OBJECT_MANAGER_IFACE, network_path)
 from fcnetd.schema import EXPORTED, LISTED, NETWORK_FIELDS
@@ -26,6 +27,14 @@ class Conn:
     def __init__(self):
         self.sent = []
         self.handlers = []
+        self.deaf: set[str] = set()  # callers that never read (so never answer a ping)
+        self.pinged: list[str] = []
+
+    async def call(self, msg):
+        self.pinged.append(msg.destination)
+        if msg.destination in self.deaf:
+            await asyncio.Event().wait()
+        return Message(message_type=MessageType.METHOD_RETURN, reply_serial=1)
 
     def export(self, path, obj):
         pass
@@ -62,14 +71,14 @@ class Daemon:
 
     async def ask(self, msg):
         """Sends one call through the message handlers; returns the decoded reply."""
-        before = len(self.conn.sent)
         result = self.conn.handlers[0](msg)
         if isinstance(result, Message):
             return decoded(result)
         assert result, f"{msg.member} was not taken by the fast path"
         for _ in range(100_000):
-            if len(self.conn.sent) > before:
-                return decoded(self.conn.sent.pop())
+            for i, reply in enumerate(self.conn.sent):
+                if reply.destination == msg.sender and reply.reply_serial == msg.serial:
+                    return decoded(self.conn.sent.pop(i))
             await asyncio.sleep(0)
         raise AssertionError(f"no reply to {msg.member}")
 
@@ -184,12 +193,15 @@ def test_describe_follows_taps_which_do_not_move_the_engine_version(d):
     assert second["bridges"]["fcbr0"]["present"] is True and second["host"] == "node1"
 
 
-def test_describe_is_the_same_document_as_one_json_dump(d):
+def test_describe_is_json_with_a_network_per_block_and_a_vm_per_line(d):
     run(populate(d))
     text = run(d.ask(call("Describe"))).body[0]
-    assert text == json.dumps(json.loads(text), indent=2, sort_keys=True)
-    net = json.loads(text)["networks"][0]
-    assert set(net) == {f.key for f in NETWORK_FIELDS if f.prop != "Path"}
+    doc = json.loads(text)
+    net = doc["networks"][0]  # fcbr0, auto-created last
+    assert net["name"] == "fcbr0" and set(net) == {f.key for f in NETWORK_FIELDS if f.prop != "Path"}
+    lines = text.splitlines()
+    assert [json.loads(line.strip().rstrip(","))["vm_id"] for line in lines if '"vm_id"' in line] == ["vm-1", "vm-2"]
+    assert lines[:2] == ["{", '  "bridges": {'] and lines[-3:] == ["    }", "  ]", "}"]
 
 
 def test_a_rolled_back_attachment_is_not_left_in_cached_replies(d, monkeypatch):
@@ -241,4 +253,24 @@ def test_a_caller_flooding_bulk_reads_is_refused_beyond_its_queue_and_others_are
     assert other.signature == "s"
     described = [m for m in d.conn.sent if m.reply_serial <= 40]
     assert len(described) == per_caller  # every accepted call was answered
-    assert d.manager.lanes._queues == {}  # an idle caller holds nothing
+    assert d.manager.lanes._lanes == {}  # an idle caller holds nothing
+
+
+def test_a_caller_that_does_not_read_gets_no_more_than_its_unread_budget(d, monkeypatch):
+    async def go():
+        await populate(d, vlans=range(1, 101))
+        one = len((await d.ask(call("Describe", sender=":1.10", serial=1))).body[0])
+        monkeypatch.setattr(lanes, "UNREAD_BYTES", int(2.5 * one))
+        d.conn.deaf.add(":1.9")
+        handler = d.conn.handlers[0]
+        for round in range(5):
+            for i in range(16):
+                handler(call("Describe", sender=":1.9", serial=round * 100 + i + 1))
+            reply = await d.ask(call("Describe", sender=":1.10", serial=99))  # a reader is served meanwhile
+            assert reply.signature == "s"
+        return d.manager.lanes.queued(":1.9")
+    queued = run(go())
+    to_deaf = [m for m in d.conn.sent if m.destination == ":1.9"]
+    assert len(to_deaf) == 3  # past 2.5 replies' worth, it is pinged and gets nothing until it answers
+    assert queued == d.manager.lanes.per_caller  # the rest waits for the ping's answer, or is refused
+    assert d.conn.pinged.count(":1.9") == 1
