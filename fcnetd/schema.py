@@ -84,17 +84,17 @@ def vm_rows(engine, net) -> list[dict]:
     return rows
 
 
+def _plain_value(f: Field, value):
+    if f.prop == "Vms":
+        return [{_snake(k): v for k, v in row.items()} for row in value]
+    return value
+
+
 def plain(engine, net, fields=DESCRIBED) -> dict:
     """A network as JSON-ready values keyed by snake_case name (Describe)."""
-    out = {}
-    for f in fields:
-        value = f.get(engine, net)
-        if f.prop == "Vms":
-            value = [{_snake(k): v for k, v in row.items()} for row in value]
-        out[f.key] = value
-    return out
+    return {f.key: _plain_value(f, f.get(engine, net)) for f in fields}
 
 
-def from_dbus(props: dict, fields=LISTED) -> dict:
-    """A network's a{sv} (already unwrapped) to snake_case keys, for clients."""
-    return {f.key: props[f.prop] for f in fields if f.prop in props}
+def from_dbus(props: dict, fields=NETWORK_FIELDS) -> dict:
+    """A network's a{sv}, already unwrapped, the same way: for clients."""
+    return {f.key: _plain_value(f, props[f.prop]) for f in fields if f.prop in props}
