@@ -314,7 +314,7 @@ class Manager(ServiceInterface):
         self._body_bytes = 0
         # Whole Describe and GetManagedObjects replies, with the generation they show.
         self._whole: dict[str, tuple[tuple, bytes]] = {}
-        self._tap_events = 0  # TAPs do not move engine.version; their observer calls do this
+        self._changes_seen = 0  # on_network_changed calls: TAPs come and go without moving engine.version
         self.objects: dict[str, NetworkObject] = {}
         self._dirty: set[str] = set()
         self._flush_handle = None
@@ -351,7 +351,7 @@ class Manager(ServiceInterface):
         self._counts_changed()
 
     def _changed(self, net: Network) -> None:
-        self._tap_events += 1
+        self._changes_seen += 1
         # Bursts of VM starts coalesce into one PropertiesChanged per network.
         self._dirty.add(net.id)
         if self._flush_handle is None:
@@ -378,7 +378,7 @@ class Manager(ServiceInterface):
         replaces it without telling observers; holding it keeps its id
         from being reused."""
         taps = self.engine.taps
-        return (self.engine.version, self._tap_events, len(taps), taps)
+        return (self.engine.version, self._changes_seen, len(taps), taps)
 
     # -- bulk reads: one at a time per caller, sliced, cached ------------------
     def install_fast_paths(self) -> None:
@@ -391,7 +391,7 @@ class Manager(ServiceInterface):
         lane (lanes.py), answered from marshalled caches."""
         if msg.message_type != MessageType.METHOD_CALL:
             return None
-        if msg.interface == OBJECT_MANAGER_IFACE or (msg.interface is None and msg.path != MANAGER_PATH):
+        if msg.interface == OBJECT_MANAGER_IFACE:
             if msg.member != "GetManagedObjects" or msg.signature != "":
                 return None
             build, name = self._managed_objects_reply, "GetManagedObjects"
