@@ -184,10 +184,10 @@ def managed_body(entries: list[bytes]) -> bytes:
 
 
 class Detail:
-    __slots__ = ("key", "managed", "described")
+    __slots__ = ("net", "status", "vms", "managed", "described")
 
-    def __init__(self, key: tuple):
-        self.key = key
+    def __init__(self, net: Network, status: str, vms: tuple):
+        self.net, self.status, self.vms = net, status, vms
         self.managed: bytes | None = None
         self.described: str | None = None
 
@@ -204,12 +204,21 @@ class Details:
         self._cache: dict[str, Detail] = {}
 
     def _detail(self, net: Network) -> Detail:
-        taps = self.engine.taps
-        atts = self.engine.registry.by_network.get(net.id, {})
-        key = (net, self.engine.status(net), tuple((a, taps.get(a.key)) for a in atts.values()))
+        # Checked for every network on every rebuild: no allocation for the
+        # common network without VMs.
+        status = self.engine.status(net)
+        atts = self.engine.registry.by_network.get(net.id)
         hit = self._cache.get(net.id)
-        if hit is None or hit.key != key:
-            hit = self._cache[net.id] = Detail(key)
+        if atts:
+            taps = self.engine.taps
+            vms = tuple((a, taps.get(a.key)) for a in atts.values())
+            if hit is not None and hit.net is net and hit.status == status and hit.vms == vms:
+                return hit
+        else:
+            vms = ()
+            if hit is not None and hit.net is net and hit.status == status and not hit.vms:
+                return hit
+        hit = self._cache[net.id] = Detail(net, status, vms)
         return hit
 
     def managed(self, net: Network) -> bytes:
