@@ -9,6 +9,11 @@ NETWORK_IFACE = ROOT + ".Network"
 NETWORK_PATH_PREFIX = MANAGER_PATH + "/network/"
 ERROR_PREFIX = ROOT + ".Error."
 INVALID_ARGS = "org.freedesktop.DBus.Error.InvalidArgs"
+LIMITS_EXCEEDED = "org.freedesktop.DBus.Error.LimitsExceeded"
+ACCESS_DENIED = "org.freedesktop.DBus.Error.AccessDenied"
+NO_REPLY = "org.freedesktop.DBus.Error.NoReply"
+OBJECT_MANAGER_IFACE = "org.freedesktop.DBus.ObjectManager"
+PEER_IFACE = "org.freedesktop.DBus.Peer"
 
 # Unix group whose members may call the API (root may always).
 ACCESS_GROUP = "fcnet"

@@ -6,20 +6,25 @@ import contextlib
 import functools
 import json
 import logging
+import struct
 import time
 from collections import OrderedDict
 
 from . import __version__
-from .bus import (DBusError, DictElement, MessageType, PremarshalledReply, PropertyAccess, ServiceInterface,
-                  Variant, dbus_property, dict_array_body, method, wants_reply)
+from .bus import (DBusError, DictElement, Message, MessageType, PremarshalledReply, PropertyAccess,
+                  ServiceInterface, Variant, call, dbus_property, dict_array_body, method, wants_reply)
 from .engine import Engine
 from .errors import FcnetError, InvalidArgs
+from .lanes import Lanes, sliced
 from .model import Network
-from .names import ERROR_PREFIX, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE, network_path
+from .names import (ACCESS_DENIED, ERROR_PREFIX, LIMITS_EXCEEDED, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
+                    NETWORK_PATH_PREFIX, NO_REPLY, OBJECT_MANAGER_IFACE, PEER_IFACE, network_path)
+from .schema import BY_PROP, EXPORTED, LISTED, NETWORK_FIELDS, Field, plain, vm_count
 
 log = logging.getLogger("fcnetd.service")
 SIGNAL_COALESCE_SECONDS = 0.05
 LIST_CACHE_BYTES = 8 << 20  # ListNetworks replies kept, one per filter (all 4,094 networks: 1.9 MB)
+LIST_CACHE_ENTRIES = 64  # and at most this many of them: a distinct search costs ~1 KB of bookkeeping
 FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -88,6 +93,16 @@ def parse_options(given: dict, spec: dict) -> dict:
     return out
 
 
+def to_variant(f: Field, value) -> Variant:
+    if f.sig == "aa{sv}":  # rows of VM_FIELDS, all strings
+        value = [{k: Variant("s", v) for k, v in row.items()} for row in value]
+    return Variant(f.sig, value)
+
+
+def variants(engine: Engine, net: Network, fields=NETWORK_FIELDS) -> dict:
+    return {f.prop: to_variant(f, f.get(engine, net)) for f in fields}
+
+
 class Summary:
     __slots__ = ("net", "count", "status", "entry", "_element")
 
@@ -116,42 +131,154 @@ class Summaries:
         return self.summary(net).entry
 
     def summary(self, net: Network) -> Summary:
-        count = len(self.engine.registry.by_network.get(net.id, ()))
+        count = vm_count(self.engine, net)
         status = self.engine.status(net)
         hit = self._cache.get(net.id)
         if hit is not None and hit.net is net and hit.count == count and hit.status == status:
             return hit
-        entry = {
-            "Id": Variant("s", net.id), "Name": Variant("s", net.name),
-            "Bridge": Variant("s", net.bridge), "Vlan": Variant("q", net.vlan),
-            "Type": Variant("s", net.kind), "Host": Variant("s", net.host),
-            "Created": Variant("s", net.created), "Origin": Variant("s", net.origin),
-            "Description": Variant("s", net.description), "VmCount": Variant("u", count),
-            "Status": Variant("s", status), "Path": Variant("o", network_path(net.id)),
-        }
-        hit = self._cache[net.id] = Summary(net, count, status, entry)
+        hit = self._cache[net.id] = Summary(net, count, status, variants(self.engine, net, LISTED))
         return hit
 
     def forget(self, net: Network) -> None:
         self._cache.pop(net.id, None)
 
 
-def vm_entries(engine: Engine, net: Network) -> list[dict]:
-    view = engine.vms_of(net)
-    return [{"VmId": Variant("s", v["vm_id"]), "VmName": Variant("s", v["vm_name"]),
-             "Nic": Variant("s", v["nic"]), "Mac": Variant("s", v["mac"]),
-             "Attached": Variant("s", v["attached"]), "Tap": Variant("s", v["tap"]),
-             "State": Variant("s", v["state"])} for v in view]
+# -- the wire form of the bulk replies ------------------------------------------
+def _put_string(out: bytearray, text: str) -> None:
+    raw = text.encode()
+    out += struct.pack("<I", len(raw)) + raw + b"\0"
 
 
-def network_detail(summaries: Summaries, engine: Engine, net: Network) -> dict:
-    d = dict(summaries.get(net))
-    d["Vms"] = Variant("aa{sv}", vm_entries(engine, net))
-    d["Taps"] = Variant("as", [t.name for t in engine.taps_of(net)])
-    return d
+def string_body(text: str) -> bytes:
+    """The marshalled body of a reply of signature 's'."""
+    out = bytearray()
+    _put_string(out, text)
+    return bytes(out)
+
+
+def managed_entry(path: str, interface: str, props: DictElement) -> bytes:
+    """One {oa{sa{sv}}} entry of a GetManagedObjects reply, marshalled for
+    an 8-aligned start (where every dict entry starts)."""
+    out = bytearray()
+    _put_string(out, path)
+    out += bytes(-len(out) & 3)
+    at = len(out)
+    out += bytes(4)  # the a{sa{sv}}'s length, filled in below
+    out += bytes(-len(out) & 7)
+    first = len(out)
+    _put_string(out, interface)
+    out += bytes(-len(out) & 3)
+    out += props.at4 if len(out) & 7 else props.at0
+    struct.pack_into("<I", out, at, len(out) - first)
+    return bytes(out)
+
+
+def managed_body(entries: list[bytes]) -> bytes:
+    """The marshalled body of a{oa{sa{sv}}} made of managed_entry()s."""
+    out = bytearray(8)  # the array's length, then padding to its first entry
+    for e in entries:
+        out += bytes(-len(out) & 7)
+        out += e
+    struct.pack_into("<I", out, 0, len(out) - 8)
+    return bytes(out)
+
+
+class Detail:
+    __slots__ = ("net", "status", "vms", "managed", "described")
+
+    def __init__(self, net: Network, status: str, vms: tuple):
+        self.net, self.status, self.vms = net, status, vms
+        self.managed: bytes | None = None
+        self.described: str | None = None
+
+
+class Details:
+    """Per network, its GetManagedObjects entry and its Describe JSON (each
+    made when first asked for), kept while what they show is the same. The
+    key is the content itself (the network, its status, its attachments and
+    their TAPs), not a counter, so nothing that changes them can be missed,
+    a rolled-back change included."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._cache: dict[str, Detail] = {}
+
+    def _detail(self, net: Network) -> Detail:
+        # Checked for every network on every rebuild: no allocation for the
+        # common network without VMs.
+        status = self.engine.status(net)
+        atts = self.engine.registry.by_network.get(net.id)
+        hit = self._cache.get(net.id)
+        if atts:
+            taps = self.engine.taps
+            vms = tuple((a, taps.get(a.key)) for a in atts.values())
+            if hit is not None and hit.net is net and hit.status == status and hit.vms == vms:
+                return hit
+        else:
+            vms = ()
+            if hit is not None and hit.net is net and hit.status == status and not hit.vms:
+                return hit
+        hit = self._cache[net.id] = Detail(net, status, vms)
+        return hit
+
+    def managed(self, net: Network) -> bytes:
+        d = self._detail(net)
+        if d.managed is None:
+            d.managed = managed_entry(network_path(net.id), NETWORK_IFACE,
+                                      DictElement(variants(self.engine, net, EXPORTED)))
+        return d.managed
+
+    def described(self, net: Network) -> str:
+        d = self._detail(net)
+        if d.described is None:
+            d.described = network_json(plain(self.engine, net))
+        return d.described
+
+    def keep_only(self, nets) -> None:
+        """Forgets networks that are gone (a sliced pass may have cached one
+        that was deleted meanwhile)."""
+        if len(self._cache) != len(nets):
+            self._cache = {n.id: self._cache[n.id] for n in nets if n.id in self._cache}
+
+
+def bridge_rows(engine: Engine) -> dict[str, dict]:
+    """The allowed bridges: their config and state, nothing of the networks."""
+    rows = {}
+    for name, cfg in engine.config.bridges.items():
+        state = engine.bridges.get(name)
+        rows[name] = {"allowed": True, "create": cfg.create, "uplink": cfg.uplink, "mtu": cfg.mtu,
+                      "present": state is not None,
+                      "vlan_filtering": state.vlan_filtering if state is not None else None}
+    return rows
+
+
+def network_json(view: dict) -> str:
+    """One network of Describe, indented for its place in the list, one VM
+    a line: json's indenting encoder is pure Python, ~10x slower than its
+    compact one, which a network with a thousand VMs would feel."""
+    lines = []
+    for key in sorted(view):
+        value = view[key]
+        if key == "vms" and value:
+            text = "[\n        " + ",\n        ".join(json.dumps(v, sort_keys=True) for v in value) + "\n      ]"
+        else:
+            text = json.dumps(value)
+        lines.append(f"      {json.dumps(key)}: {text}")
+    return "    {\n" + ",\n".join(lines) + "\n    }"
+
+
+def describe_text(host: str, bridges: dict, networks: list[str]) -> str:
+    """Describe's JSON (indent 2, sorted keys) from each network's JSON,
+    already indented for its place in the list ("networks" sorts last)."""
+    head = json.dumps({"bridges": bridges, "host": host}, indent=2, sort_keys=True)[:-2]
+    if not networks:
+        return head + ',\n  "networks": []\n}'
+    return head + ',\n  "networks": [\n' + ",\n".join(networks) + "\n  ]\n}"
 
 
 class NetworkObject(ServiceInterface):
+    """One network; its properties are made from schema.EXPORTED below."""
+
     def __init__(self, engine: Engine, net: Network, stats: RequestStats):
         super().__init__(NETWORK_IFACE)
         self.engine, self.net, self.stats = engine, net, stats
@@ -161,63 +288,24 @@ class NetworkObject(ServiceInterface):
     async def Delete(self):
         await self.engine.delete_network(self.net.id)
 
-    @dbus_property(access=PropertyAccess.READ)
-    def Id(self) -> "s":
-        return self.net.id
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Name(self) -> "s":
-        return self.net.name
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Bridge(self) -> "s":
-        return self.net.bridge
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Vlan(self) -> "q":
-        return self.net.vlan
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Type(self) -> "s":
-        return self.net.kind
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Host(self) -> "s":
-        return self.net.host
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Created(self) -> "s":
-        return self.net.created
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Origin(self) -> "s":
-        return self.net.origin
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Description(self) -> "s":
-        return self.net.description
-
-    @dbus_property(access=PropertyAccess.READ)
-    def VmCount(self) -> "u":
-        return len(self.engine.registry.by_network.get(self.net.id, {}))
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Vms(self) -> "aa{sv}":
-        return vm_entries(self.engine, self.net)
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Taps(self) -> "as":
-        return [t.name for t in self.engine.taps_of(self.net)]
-
-    @dbus_property(access=PropertyAccess.READ)
-    def Status(self) -> "s":
-        return self.engine.status(self.net)
-
     def emit_usage(self) -> None:
         # Vms can hold a thousand entries: invalidate it rather than resend it
         # on every VM start; clients that show it fetch it again.
         self.emit_properties_changed(
-            {"VmCount": self.VmCount, "Taps": self.Taps, "Status": self.Status}, ["Vms"])
+            {p: BY_PROP[p].get(self.engine, self.net) for p in ("VmCount", "Taps", "Status")}, ["Vms"])
+
+
+def _property(f: Field):
+    def getter(self):
+        return to_variant(f, f.get(self.engine, self.net)).value
+    getter.__name__ = f.prop
+    getter.__annotations__ = {"return": f.sig}  # dbus-fast reads the D-Bus type from here
+    return dbus_property(access=PropertyAccess.READ)(getter)
+
+
+for _f in EXPORTED:
+    setattr(NetworkObject, _f.prop, _property(_f))
+del _f
 
 
 class Manager(ServiceInterface):
@@ -226,8 +314,16 @@ class Manager(ServiceInterface):
         self.engine, self.conn = engine, conn
         self.stats = RequestStats()
         self.summaries = Summaries(engine)
-        self._bodies: OrderedDict[tuple, tuple[tuple, bytes]] = OrderedDict()  # query -> (version, body)
+        self.details = Details(engine)
+        self.lanes = Lanes(self._read_by)
+        # ListNetworks replies by query, all of one engine version: cleared
+        # at once when it moves, capped in entries and in bytes.
+        self._bodies: OrderedDict[tuple, bytes] = OrderedDict()
+        self._bodies_version = None
         self._body_bytes = 0
+        # Whole Describe and GetManagedObjects replies, with the generation they show.
+        self._whole: dict[str, tuple[tuple, bytes]] = {}
+        self._changes_seen = 0  # on_network_changed calls: TAPs come and go without moving engine.version
         self.objects: dict[str, NetworkObject] = {}
         self._dirty: set[str] = set()
         self._flush_handle = None
@@ -264,6 +360,7 @@ class Manager(ServiceInterface):
         self._counts_changed()
 
     def _changed(self, net: Network) -> None:
+        self._changes_seen += 1
         # Bursts of VM starts coalesce into one PropertiesChanged per network.
         self._dirty.add(net.id)
         if self._flush_handle is None:
@@ -283,7 +380,171 @@ class Manager(ServiceInterface):
     def _path(self, net: Network) -> str:
         return network_path(net.id)
 
+    def _generation(self) -> tuple:
+        """Moves whenever anything Describe or GetManagedObjects shows may
+        have: engine.version (networks, attachments, bridges, config) and
+        the TAPs. The TAP table itself is part of it because reconcile
+        replaces it without telling observers; holding it keeps its id
+        from being reused."""
+        taps = self.engine.taps
+        return (self.engine.version, self._changes_seen, len(taps), taps)
+
+    # -- bulk reads: one at a time per caller, sliced, cached ------------------
+    def install_fast_paths(self) -> None:
+        """To be installed after the access gate, which has then checked
+        the caller and the signature."""
+        self.conn.add_message_handler(self._bulk_call)
+
+    def _bulk_call(self, msg):
+        """Takes the bulk reads out of dbus-fast's dispatch into the caller's
+        lane (lanes.py), answered from marshalled caches."""
+        if msg.message_type != MessageType.METHOD_CALL:
+            return None
+        if msg.interface == OBJECT_MANAGER_IFACE:
+            if msg.member != "GetManagedObjects" or msg.signature != "":
+                return None
+            build, name = self._managed_objects_reply, "GetManagedObjects"
+        elif msg.path == MANAGER_PATH and msg.interface in (MANAGER_IFACE, None):
+            spec = self._bulk_methods.get((msg.member, msg.signature))
+            if spec is None:
+                return None
+            build, name = getattr(self, spec), msg.member
+        else:
+            return None
+        if not wants_reply(msg):
+            return True  # a read nobody waits for
+        if not self.lanes.submit(msg.sender, lambda: self._serve(msg, name, build)):
+            self.stats.observe(name, "LimitsExceeded", 0.0)
+            return Message.new_error(
+                msg, LIMITS_EXCEEDED,
+                f"{name}: this connection already has {self.lanes.per_caller} bulk reads in progress "
+                "or queued; wait for their replies before sending more")
+        return True
+
+    _bulk_methods = {("ListNetworks", "a{sv}"): "_list_networks_reply",
+                     ("CountNetworks", "a{sv}"): "_count_networks_reply",
+                     ("GetNetwork", "s"): "_get_network_reply",
+                     ("Describe", ""): "_describe_reply"}
+
+    async def _serve(self, msg, name: str, build) -> int:
+        """Answers one bulk read; returns the bytes of a large reply (the
+        small ones, errors included, are not worth counting)."""
+        try:
+            with answering(self.stats, name):
+                reply = await build(msg)
+        except DBusError as e:
+            reply = Message.new_error(msg, e.type, e.text)
+        self.conn.send(reply)
+        return len(reply.raw_body) if isinstance(reply, PremarshalledReply) else 0
+
+    async def _read_by(self, caller: str) -> bool:
+        """Pings the caller: the bus delivers the ping behind our replies, so
+        an answer means they were read. False if that cannot be known."""
+        try:
+            await call(self.conn, caller, "/", PEER_IFACE, "Ping")
+        except DBusError as e:
+            # AccessDenied: a bus policy without fcnetd's ping rule; NoReply:
+            # the caller did not answer in the bus's time, or left.
+            return e.type not in (ACCESS_DENIED, NO_REPLY)
+        return True
+
+    async def _list_networks_reply(self, msg):
+        return PremarshalledReply(msg, "aa{sv}", self._list_body(self._query(msg.body[0])))
+
+    async def _count_networks_reply(self, msg):
+        return Message.new_method_return(msg, "u", [self._count(msg.body[0])])
+
+    async def _get_network_reply(self, msg):
+        return Message.new_method_return(msg, "a{sv}", [self._network(msg.body[0])])
+
+    async def _describe_reply(self, msg):
+        return PremarshalledReply(msg, "s", await self._whole_reply("Describe"))
+
+    async def _managed_objects_reply(self, msg):
+        """dbus-fast's own GetManagedObjects calls every property getter of
+        every object and checks the whole result after each (quadratic:
+        ~0.4 s at 4,094 networks); this answers from marshalled entries."""
+        path = msg.path
+        networks = path == "/" or NETWORK_PATH_PREFIX.startswith(path + "/")
+        manager = path == "/" or MANAGER_PATH.startswith(path + "/")
+        if not networks:
+            return Message.new_method_return(msg, "a{oa{sa{sv}}}", [{}])
+        kind = "objects+manager" if manager else "objects"
+        return PremarshalledReply(msg, "a{oa{sa{sv}}}", await self._whole_reply(kind))
+
+    async def _whole_reply(self, kind: str) -> bytes:
+        """A reply over every network, kept until the generation moves. Its
+        per-network pieces are brought up to date in slices first (other
+        calls run in between); the reply is then put together in one go,
+        so it shows one moment, not a mix."""
+        hit = self._whole.get(kind)
+        if hit is not None and hit[0] == self._generation():
+            return hit[1]
+        piece = self.details.described if kind == "Describe" else self.details.managed
+        await sliced(list(self.engine.registry.networks.values()), piece)
+        nets = self.engine.list_networks() if kind == "Describe" else list(self.engine.registry.networks.values())
+        pieces = [piece(n) for n in nets]
+        self.details.keep_only(nets)
+        if kind == "Describe":
+            body = string_body(describe_text(self.engine.host, bridge_rows(self.engine), pieces))
+        else:
+            entries = pieces
+            if kind == "objects+manager":
+                entries.append(managed_entry(MANAGER_PATH, MANAGER_IFACE, DictElement(self._manager_props())))
+            body = managed_body(entries)
+        if self._whole.get(kind, (None,))[0] != self._generation():
+            self._whole = {k: v for k, v in self._whole.items() if v[0] == self._generation()}
+        self._whole[kind] = (self._generation(), body)
+        return body
+
+    def _manager_props(self) -> dict:
+        return {"Version": Variant("s", __version__), "Host": Variant("s", self.engine.host),
+                "NetworkCount": Variant("u", len(self.engine.registry.networks)),
+                "TapCount": Variant("u", len(self.engine.taps))}
+
+    # -- ListNetworks, CountNetworks, GetNetwork --------------------------------
+    @staticmethod
+    def _query(filter: dict) -> tuple[str, str, str, int, int]:
+        f = parse_options(filter, LIST_OPTIONS)
+        return (f.get("search", ""), f.get("type", ""), f.get("bridge", ""), f.get("offset", 0),
+                f.get("limit", 0))
+
+    def _select(self, query: tuple[str, str, str, int, int]) -> list[Network]:
+        search, kind, bridge, offset, limit = query
+        nets = self.engine.list_networks(search, kind, bridge)
+        return nets[offset:offset + (limit or len(nets))]
+
+    def _list_body(self, query: tuple[str, str, str, int, int]) -> bytes:
+        """The marshalled reply, kept per query until anything listed changes:
+        the web UI and scripts ask the same questions again and again. Every
+        reply kept is of the current version, so a move clears them all, and
+        distinct queries (each search, each offset) evict each other."""
+        version = self.engine.version
+        if version != self._bodies_version:
+            self._bodies.clear()
+            self._bodies_version, self._body_bytes = version, 0
+        body = self._bodies.get(query)
+        if body is not None:
+            self._bodies.move_to_end(query)
+            return body
+        body = dict_array_body([self.summaries.summary(n).element for n in self._select(query)])
+        self._bodies[query] = body
+        self._body_bytes += len(body)
+        while len(self._bodies) > 1 and (self._body_bytes > LIST_CACHE_BYTES
+                                         or len(self._bodies) > LIST_CACHE_ENTRIES):
+            self._body_bytes -= len(self._bodies.popitem(last=False)[1])
+        return body
+
+    def _count(self, filter: dict) -> int:
+        f = parse_options(filter, FILTER_OPTIONS)
+        return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", "")))
+
+    def _network(self, ref: str) -> dict:
+        return variants(self.engine, self.engine.find_network(ref))
+
     # -- methods ---------------------------------------------------------------
+    # ListNetworks, CountNetworks, GetNetwork and Describe normally take the
+    # lanes (_bulk_call); these declarations serve introspection.
     @method()
     @funnel
     async def CreateNetwork(self, name: "s", bridge: "s", vlan: "q", options: "a{sv}") -> "o":
@@ -305,65 +566,17 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def GetNetwork(self, network: "s") -> "a{sv}":
-        return network_detail(self.summaries, self.engine, self.engine.find_network(network))
-
-    @staticmethod
-    def _query(filter: dict) -> tuple[str, str, str, int, int]:
-        f = parse_options(filter, LIST_OPTIONS)
-        return (f.get("search", ""), f.get("type", ""), f.get("bridge", ""), f.get("offset", 0),
-                f.get("limit", 0))
-
-    def _select(self, query: tuple[str, str, str, int, int]) -> list[Network]:
-        search, kind, bridge, offset, limit = query
-        nets = self.engine.list_networks(search, kind, bridge)
-        return nets[offset:offset + (limit or len(nets))]
-
-    def _list_body(self, query: tuple[str, str, str, int, int]) -> bytes:
-        """The marshalled reply, kept per query until anything listed changes:
-        the web UI and scripts ask the same questions again and again."""
-        version = self.engine.version
-        hit = self._bodies.get(query)
-        if hit is not None and hit[0] == version:
-            self._bodies.move_to_end(query)
-            return hit[1]
-        body = dict_array_body([self.summaries.summary(n).element for n in self._select(query)])
-        if hit is not None:
-            del self._bodies[query]
-            self._body_bytes -= len(hit[1])
-        self._bodies[query] = (version, body)
-        self._body_bytes += len(body)
-        while self._body_bytes > LIST_CACHE_BYTES and len(self._bodies) > 1:
-            self._body_bytes -= len(self._bodies.popitem(last=False)[1][1])
-        return body
+        return self._network(network)
 
     @method()
     @funnel
     async def ListNetworks(self, filter: "a{sv}") -> "aa{sv}":
-        # Calls normally take the marshalled path in _list_networks_call;
-        # this one serves introspection and calls that name no interface.
         return [self.summaries.get(n) for n in self._select(self._query(filter))]
-
-    def install_fast_paths(self) -> None:
-        """To be installed after the access gate, which has then checked
-        the caller and the signature."""
-        self.conn.add_message_handler(self._list_networks_call)
-
-    def _list_networks_call(self, msg):
-        """ListNetworks answered from the entries' cached marshalled bytes."""
-        if (msg.member != "ListNetworks" or msg.interface != MANAGER_IFACE or msg.path != MANAGER_PATH
-                or msg.message_type != MessageType.METHOD_CALL or msg.signature != "a{sv}"):
-            return None
-        with answering(self.stats, "ListNetworks"):  # a DBusError raised here is sent as the reply
-            body = self._list_body(self._query(msg.body[0]))
-        if wants_reply(msg):
-            self.conn.send(PremarshalledReply(msg, "aa{sv}", body))
-        return True
 
     @method()
     @funnel
     async def CountNetworks(self, filter: "a{sv}") -> "u":
-        f = parse_options(filter, FILTER_OPTIONS)
-        return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", "")))
+        return self._count(filter)
 
     @method()
     @funnel
@@ -394,17 +607,16 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def Describe(self) -> "s":
-        return json.dumps(self.engine.describe(), indent=2, sort_keys=True)
+        return describe_text(self.engine.host, bridge_rows(self.engine),
+                             [self.details.described(n) for n in self.engine.list_networks()])
 
     @method()
     @funnel
     async def ListBridges(self) -> "aa{sv}":
-        out = []
-        for name, info in self.engine.describe()["bridges"].items():
-            out.append({"Name": Variant("s", name), "Present": Variant("b", info["present"]),
-                        "Create": Variant("b", info["create"]), "Uplink": Variant("s", info["uplink"]),
-                        "VlanFiltering": Variant("b", bool(info["vlan_filtering"]))})
-        return out
+        return [{"Name": Variant("s", name), "Present": Variant("b", row["present"]),
+                 "Create": Variant("b", row["create"]), "Uplink": Variant("s", row["uplink"]),
+                 "VlanFiltering": Variant("b", bool(row["vlan_filtering"]))}
+                for name, row in bridge_rows(self.engine).items()]
 
     # -- properties ------------------------------------------------------------
     @dbus_property(access=PropertyAccess.READ)

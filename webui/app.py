@@ -15,6 +15,7 @@ from aiohttp import web
 
 from fcnetd.bus import Variant
 from fcnetd.model import auto_name, matches_search
+from fcnetd.schema import from_dbus
 
 from . import config as configmod, pages
 from .hosts import DBusError, Host, explain
@@ -201,12 +202,7 @@ class App:
             (net,) = await h.m("GetNetwork", "s", request.match_info["id"])
         except DBusError as e:
             return self._dbus_error(e)
-        return web.json_response({
-            "id": net["Id"], "name": net["Name"], "bridge": net["Bridge"], "vlan": net["Vlan"],
-            "type": net["Type"], "status": net["Status"], "created": net["Created"], "origin": net["Origin"],
-            "description": net["Description"], "host": h.name, "vm_count": net["VmCount"],
-            "vms": [{"vm_id": v["VmId"], "vm_name": v["VmName"], "nic": v["Nic"], "mac": v["Mac"],
-                     "state": v["State"], "tap": v["Tap"], "attached": v["Attached"]} for v in net["Vms"]]})
+        return web.json_response({**from_dbus(net), "host": h.name})
 
     async def api_bridges(self, request):
         h = self.host(request.query.get("host", self.hosts[0].name))

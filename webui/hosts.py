@@ -9,16 +9,15 @@ import logging
 
 from fcnetd.bus import DBusError, MessageType, call, connect, unwrap
 from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE
+from fcnetd.schema import LISTED, from_dbus
 
 log = logging.getLogger("fcnetd-webui.hosts")
 RESYNC_SECONDS = 300  # a safety net; signals keep the mirror current
 
 
 def _entry(props: dict, host: str) -> dict:
-    return {"id": props["Id"], "name": props["Name"], "bridge": props["Bridge"], "vlan": props["Vlan"],
-            "type": props["Type"], "vm_count": props["VmCount"], "created": props["Created"],
-            "origin": props["Origin"], "status": props["Status"], "description": props["Description"],
-            "host": host, "path": props.get("Path", "")}
+    """A ListNetworks entry or a network's properties, as the mirror keeps it."""
+    return {**from_dbus(props, LISTED), "host": host, "path": props.get("Path", "")}
 
 
 class Host:
