@@ -53,6 +53,7 @@ class Engine:
         self.netlink = netlink
         self.taps: dict[tuple[str, str], TapState] = {}
         self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
+        self.tap_generation = 0  # moves with every change of `taps`, which engine.version does not follow
         self._bridges: dict[str, BridgeState | None] = {}
         self.gate = Gate()
         self._nic_locks = KeyedLocks()  # (vm_id, nic) -> lock, held for a VM NIC's whole call
@@ -486,6 +487,7 @@ class Engine:
             adopted[key] = tap
             result["adopted"] += 1
         self.taps, self.tap_keys = {}, {}
+        self.tap_generation += 1
         for key, tap in adopted.items():
             self._set_tap(key, tap)
         try:
@@ -517,39 +519,16 @@ class Engine:
             self.on_network_changed(net)
         return skipped
 
-    def describe(self) -> dict:
-        return {
-            "host": self.host,
-            "bridges": {name: {"allowed": True, "create": cfg.create, "uplink": cfg.uplink,
-                               "mtu": cfg.mtu, "present": self.bridges.get(name) is not None,
-                               "vlan_filtering": getattr(self.bridges.get(name), "vlan_filtering", None)}
-                        for name, cfg in self.config.bridges.items()},
-            "networks": [self.network_view(n) for n in self.list_networks()],
-        }
-
-    def vms_of(self, net: Network) -> list[dict]:
-        """The VM NICs on a network, each with its TAP and running/stopped."""
-        vms = []
-        for att in self.attachments_of(net):
-            tap = self.taps.get(att.key)
-            vms.append({**att.to_dict(), "tap": tap.name if tap else "",
-                        "state": "running" if tap else "stopped"})
-        return vms
-
-    def network_view(self, net: Network) -> dict:
-        """A network with its VMs and TAPs, for Describe."""
-        vms = self.vms_of(net)
-        return {**net.to_dict(), "type": net.kind, "status": self.status(net),
-                "vm_count": len(vms), "vms": vms, "taps": [v["tap"] for v in vms if v["tap"]]}
-
     def _set_tap(self, key: tuple[str, str], tap: TapState) -> None:
         self.taps[key] = tap
         self.tap_keys[tap.name] = key
+        self.tap_generation += 1
 
     def _drop_tap(self, key: tuple[str, str]) -> TapState | None:
         tap = self.taps.pop(key, None)
         if tap is not None:
             self.tap_keys.pop(tap.name, None)
+            self.tap_generation += 1
         return tap
 
     def tap_changed(self, name: str, up: bool, carrier: bool) -> None:
@@ -558,6 +537,7 @@ class Engine:
         tap = self.taps.get(key) if key else None
         if tap is not None and (tap.up, tap.carrier) != (up, carrier):
             self.taps[key] = replace(tap, up=up, carrier=carrier)
+            self.tap_generation += 1
 
     def tap_vanished(self, name: str) -> None:
         """Someone else deleted one of our TAPs: forget it (the VM is stopped)."""

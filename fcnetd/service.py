@@ -11,12 +11,12 @@ import time
 from collections import OrderedDict
 
 from . import __version__
-from .bus import (DBusError, DictElement, Message, MessageType, PremarshalledReply, PropertyAccess,
-                  ServiceInterface, Variant, call, dbus_property, dict_array_body, method, wants_reply)
+from .bus import (DBusError, DictElement, Message, MessageType, PremarshalledReply, ServiceInterface, Variant,
+                  call, dict_array_body, funnelled_property, method, wants_reply)
 from .engine import Engine
 from .errors import FcnetError, InvalidArgs
 from .lanes import Lanes, sliced
-from .model import Network
+from .model import Network, excerpt
 from .names import (ACCESS_DENIED, ERROR_PREFIX, LIMITS_EXCEEDED, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
                     NETWORK_PATH_PREFIX, NO_REPLY, OBJECT_MANAGER_IFACE, PEER_IFACE, network_path)
 from .schema import BY_PROP, EXPORTED, LISTED, NETWORK_FIELDS, Field, plain, vm_count
@@ -85,7 +85,8 @@ def parse_options(given: dict, spec: dict) -> dict:
     out = {}
     for key, variant in given.items():
         if key not in spec:
-            raise InvalidArgs(key, f"unknown option; known options are {', '.join(sorted(spec))}")
+            name = key if len(key) <= 40 and key.isprintable() else excerpt(key)
+            raise InvalidArgs(name, f"unknown option; known options are {', '.join(sorted(spec))}")
         sig, kind = spec[key]
         if variant.signature != sig:
             raise InvalidArgs(key, f"must be of D-Bus type '{sig}', got '{variant.signature}'")
@@ -300,7 +301,7 @@ def _property(f: Field):
         return to_variant(f, f.get(self.engine, self.net)).value
     getter.__name__ = f.prop
     getter.__annotations__ = {"return": f.sig}  # dbus-fast reads the D-Bus type from here
-    return dbus_property(access=PropertyAccess.READ)(getter)
+    return funnelled_property()(getter)
 
 
 for _f in EXPORTED:
@@ -323,7 +324,6 @@ class Manager(ServiceInterface):
         self._body_bytes = 0
         # Whole Describe and GetManagedObjects replies, with the generation they show.
         self._whole: dict[str, tuple[tuple, bytes]] = {}
-        self._changes_seen = 0  # on_network_changed calls: TAPs come and go without moving engine.version
         self.objects: dict[str, NetworkObject] = {}
         self._dirty: set[str] = set()
         self._flush_handle = None
@@ -360,7 +360,6 @@ class Manager(ServiceInterface):
         self._counts_changed()
 
     def _changed(self, net: Network) -> None:
-        self._changes_seen += 1
         # Bursts of VM starts coalesce into one PropertiesChanged per network.
         self._dirty.add(net.id)
         if self._flush_handle is None:
@@ -383,11 +382,8 @@ class Manager(ServiceInterface):
     def _generation(self) -> tuple:
         """Moves whenever anything Describe or GetManagedObjects shows may
         have: engine.version (networks, attachments, bridges, config) and
-        the TAPs. The TAP table itself is part of it because reconcile
-        replaces it without telling observers; holding it keeps its id
-        from being reused."""
-        taps = self.engine.taps
-        return (self.engine.version, self._changes_seen, len(taps), taps)
+        engine.tap_generation (every TAP change, reconcile's included)."""
+        return (self.engine.version, self.engine.tap_generation)
 
     # -- bulk reads: one at a time per caller, sliced, cached ------------------
     def install_fast_paths(self) -> None:
@@ -619,18 +615,18 @@ class Manager(ServiceInterface):
                 for name, row in bridge_rows(self.engine).items()]
 
     # -- properties ------------------------------------------------------------
-    @dbus_property(access=PropertyAccess.READ)
+    @funnelled_property()
     def Version(self) -> "s":
         return __version__
 
-    @dbus_property(access=PropertyAccess.READ)
+    @funnelled_property()
     def Host(self) -> "s":
         return self.engine.host
 
-    @dbus_property(access=PropertyAccess.READ)
+    @funnelled_property()
     def NetworkCount(self) -> "u":
         return len(self.engine.registry.networks)
 
-    @dbus_property(access=PropertyAccess.READ)
+    @funnelled_property()
     def TapCount(self) -> "u":
         return len(self.engine.taps)

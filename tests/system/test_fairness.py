@@ -17,14 +17,12 @@ import statistics
 import threading
 import time
 
-import pytest
 
-from fcnetd.bus import Message, Variant, call, connect
+from fcnetd.bus import Message, call, connect
 from fcnetd.model import Network
 from fcnetd.names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH, OBJECT_MANAGER_IFACE
 from fcnetd.registry import FILENAME, Snapshot, serialize
 
-from fcnetd.testbus import PrivateBus
 
 from .harness import Daemon
 
@@ -130,24 +128,6 @@ async def bulk_read_answers(address: str) -> tuple[str, int]:
         return text, len(objects)
     finally:
         conn.disconnect()
-
-
-PING_RULE = ('<policy user="root"><allow send_interface="org.freedesktop.DBus.Peer" send_member="Ping"/>'
-             '</policy>\n  <limit name="max_replies_per_connection">')
-
-
-@pytest.fixture
-def bus():
-    """The project's bus, plus the rule that lets fcnetd ping its callers
-    (lanes.py: how it knows a caller reads its replies)."""
-    b = PrivateBus()
-    with open(b.conf) as f:
-        text = f.read()
-    with open(b.conf, "w") as f:
-        f.write(text.replace('<limit name="max_replies_per_connection">', PING_RULE, 1))
-    b.start()
-    yield b
-    b.stop()
 
 
 def test_create_tap_does_not_wait_behind_a_flood_of_bulk_reads(ns, bus, tmp_path, config):

@@ -210,11 +210,18 @@ def test_a_rolled_back_attachment_is_not_left_in_cached_replies(d, monkeypatch):
         await d.ask(call("Describe"))
         net = d.engine.find_network("fcbr1-vlan-2")
 
-        async def read_during_commit():
+        registry = d.engine.registry
+        real_commit = registry.commit
+
+        def full(payload):
+            raise OSError(28, "No space left on device")
+
+        async def read_during_commit(change=None):
             # a bulk read while the attachment is in memory but not yet on disk
             await d.ask(call("GetManagedObjects", path=MANAGER_PATH, interface=OBJECT_MANAGER_IFACE))
-            raise E.Internal("disk full")
-        monkeypatch.setattr(d.engine.registry, "commit", read_during_commit)
+            monkeypatch.setattr(registry.journal, "append", full)
+            return await real_commit(change)
+        monkeypatch.setattr(registry, "commit", read_during_commit)
         with pytest.raises(E.Internal):
             await d.engine.attach_vm("vm-9", "fcbr1", 2)
         monkeypatch.undo()
