@@ -3,6 +3,8 @@ always ends in READY=1."""
 
 import asyncio
 
+import pytest
+
 from fcnetd.daemon import Daemon, parse_args
 from fcnetd.netlink import BridgeState
 
@@ -53,3 +55,34 @@ def test_a_reload_that_fails_still_ends_in_ready(tmp_path, monkeypatch):
     asyncio.run(daemon.reload())
     assert sent[0] == "RELOADING=1"
     assert sent[-1].startswith("READY=1\nSTATUS=reload failed (netlink went away)"), sent
+
+
+def test_a_failed_uplink_sync_refuses_the_network_instead_of_answering_an_error_after_storing_it(tmp_path):
+    """Item 7: the uplink was synced after the commit, so an uplink EBUSY made
+    CreateNetwork answer an error for a network that was stored (and the
+    retry answered NetworkExists). Now the trunk gets the VLAN first."""
+    from fcnetd import errors as E
+    from fcnetd.config import parse
+    from fcnetd.engine import Engine
+    from fcnetd.registry import Registry
+
+    from .fakenetlink import YieldingNetlink
+
+    cfg = parse({"daemon": {"host": "node1"}, "bridges": {"fcbr0": {"create": True, "uplink": "eth9"}}})
+    kernel = YieldingNetlink(True)
+
+    async def uplink_index(name):
+        return 42
+
+    async def busy(index, wanted, what, current=None):
+        raise E.Internal(f"{what}: it is held by another master device")
+    kernel.link_index, kernel.set_port_vlans = uplink_index, busy
+    e = Engine(cfg, Registry(str(tmp_path)), kernel)
+
+    async def go():
+        with pytest.raises(E.Internal, match="held by another master"):
+            await e.create_network("", "fcbr0", 10)
+        assert e.registry.networks == {}  # nothing stored, so the retry is not NetworkExists
+        kernel.set_port_vlans = YieldingNetlink.set_port_vlans.__get__(kernel)
+        return await e.create_network("", "fcbr0", 10)
+    assert asyncio.run(go()).name == "fcbr0-vlan-10"
