@@ -427,20 +427,6 @@ class Netlink:
         await asyncio.get_running_loop().run_in_executor(
             self._pool, self._delete_blocking, name, what or Device("tap", name))
 
-    # -- link events -------------------------------------------------------
-    async def watch_links(self, callback, sock: socket.socket | None = None) -> None:
-        """Calls callback(event, ifname, up, carrier) for every link change
-        until cancelled; callback(None, None, False, False) after an overrun.
-        sock: the event source, a link-group rtnetlink socket by default.
-        The older form of LinkMonitor, which subscribes before a dump and
-        tells more."""
-        def deliver(event: LinkEvent | None) -> None:
-            if event is None:
-                callback(None, None, False, False)
-            else:
-                callback(*event[:4])
-        await LinkMonitor(sock).open().run(deliver)
-
 
 class LinkMonitor:
     """Link events for the daemon's life.

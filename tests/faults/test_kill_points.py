@@ -86,8 +86,7 @@ async def workload(bus: PrivateBus, daemon: Daemon, acks: Acks) -> None:
         await asyncio.gather(*(detach(i) for i in range(VMS // 2)))
         if daemon.proc.poll() is None:
             daemon.proc.send_signal(signal.SIGHUP)
-            await acks.call(pool, "CountNetworks", "a{sv}", {})  # answered once the reconcile is done
-            await attach(VMS)
+            await attach(VMS)  # waits at the engine's gate while the reload's reconcile runs
         if daemon.proc.poll() is None:
             daemon.proc.send_signal(signal.SIGTERM)
 
