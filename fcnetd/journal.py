@@ -26,6 +26,7 @@ class Journal:
         self.path = path
         self.fd = -1
         self.size = 0  # bytes acknowledged so far
+        self._cut = False  # a failed append may have left bytes past `size`
 
     def open(self) -> None:
         created = not os.path.exists(self.path)
@@ -45,6 +46,9 @@ class Journal:
         faultpoint.reached("journal.before-append")
         if self.fd < 0:
             self.open()
+        if self._cut:  # O_APPEND writes at the real end: cut what a failure left first
+            os.ftruncate(self.fd, self.size)
+            self._cut = False
         try:
             view = memoryview(payload)
             while view:
@@ -54,7 +58,7 @@ class Journal:
             try:
                 os.ftruncate(self.fd, self.size)
             except OSError:
-                pass  # the reader drops a torn tail; the next append truncates again first
+                self._cut = True  # the next append cuts it before writing
             raise
         self.size += len(payload)
         faultpoint.reached("journal.after-append")

@@ -273,3 +273,31 @@ def test_serialize_round_trips(tmp_path):
     snap = Snapshot({n.id: n}, {("vm", "eth0"): Attachment("vm", "eth0", n.id)}, 7)
     again = parse(serialize(snap).decode(), "r")
     assert again == snap
+
+
+def test_a_failed_cut_after_a_failed_append_is_made_before_the_next_append(tmp_path, monkeypatch):
+    """A half-written group whose ftruncate failed too must not end up in the
+    middle of the journal (the next start would refuse the file)."""
+    from fcnetd import journal as journal_mod
+    reg = loaded(tmp_path)
+    run(reg.commit(reg.change("add_network", net())))
+    real_write, real_truncate = os.write, os.ftruncate
+    calls = {"write": 0}
+
+    def half_write(fd, data):
+        calls["write"] += 1
+        if calls["write"] == 1:
+            real_write(fd, bytes(data)[:10])
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write(fd, data)
+
+    def no_truncate(fd, size):
+        raise OSError(errno.EIO, "Input/output error")
+    monkeypatch.setattr(journal_mod.os, "write", half_write)
+    monkeypatch.setattr(journal_mod.os, "ftruncate", no_truncate)
+    with pytest.raises(FcnetError):
+        run(reg.commit(reg.change("add_network", net("fcbr1"))))
+    monkeypatch.setattr(journal_mod.os, "ftruncate", real_truncate)
+    run(reg.commit(reg.change("add_network", net("fcbr2"))))
+    reg.close()
+    assert sorted(n.bridge for n in loaded(tmp_path).networks.values()) == ["fcbr0", "fcbr2"]
