@@ -187,11 +187,19 @@ class WireClient:
         self.sock.sendall(msg._marshall(False))
 
     def reply(self) -> bytes:
-        """The next raw reply (method return or error); signals are skipped."""
+        """The next raw reply (method return or error); signals are skipped,
+        and a Peer.Ping from fcnetd (how it learns a caller reads its big
+        replies) is answered, as every D-Bus library answers it."""
         while True:
             reply = self._message()
             if reply[1] in (MessageType.METHOD_RETURN.value, MessageType.ERROR.value):
                 return reply
+            if reply[1] == MessageType.METHOD_CALL.value:
+                ping = decode(reply)
+                self.serial += 1
+                answer = Message.new_method_return(ping)
+                answer.serial = self.serial
+                self.sock.sendall(answer._marshall(False))
 
     def call(self, dest: str, path: str, iface: str, member: str, sig: str = "", body: list | None = None) -> bytes:
         self.send(dest, path, iface, member, sig, body)

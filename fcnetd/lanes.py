@@ -14,10 +14,12 @@ behind a client that asks for hundreds of them. Three rules keep it so:
   read. dbus-daemon keeps a reply the recipient does not read and charges
   it to the sender: past max_incoming_bytes (127 MiB on a system bus) it
   stops reading fcnetd's socket, and every caller waits. So past that
-  budget, and when its queue runs dry, a caller is pinged
-  (org.freedesktop.DBus.Peer.Ping, which every D-Bus library answers): the
-  bus delivers the ping behind the replies, so its answer proves they were
-  read. A caller that does not read gets nothing more until it does.
+  budget a caller is pinged (org.freedesktop.DBus.Peer.Ping, which every
+  D-Bus library answers): the bus delivers the ping behind the replies, so
+  its answer proves they were read. A caller that does not read gets
+  nothing more until it does. The count outlives the caller's lane (a
+  caller sending one call at a time has a new lane each time), for the
+  last CARRIED callers.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from typing import Awaitable, Callable, Iterable, TypeVar
 
 log = logging.getLogger("fcnetd.lanes")
@@ -35,6 +37,7 @@ UNREAD_BYTES = 8 << 20
 # Where the bus will not let fcnetd ping a caller (a policy without the rule
 # in dbus/), unread replies are paced at this rate instead.
 UNACKNOWLEDGED_RATE = 8 << 20  # bytes a second
+CARRIED = 4096  # callers whose unread count is kept between lanes
 
 T = TypeVar("T")
 Job = Callable[[], Awaitable[int]]  # answers one call; returns the bytes it sent
@@ -55,6 +58,7 @@ class Lanes:
         self.acknowledge = acknowledge
         self.per_caller = per_caller
         self._lanes: dict[str, Lane] = {}
+        self._carried: OrderedDict[str, int] = OrderedDict()  # caller -> unread bytes, between lanes
         self._tasks: set[asyncio.Task] = set()
 
     def submit(self, caller: str, job: Job) -> bool:
@@ -63,6 +67,7 @@ class Lanes:
         lane = self._lanes.get(caller)
         if lane is None:
             lane = self._lanes[caller] = Lane()
+            lane.unread = self._carried.pop(caller, 0)
             task = asyncio.get_running_loop().create_task(self._drain(caller, lane))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
@@ -83,12 +88,16 @@ class Lanes:
                 except Exception:  # jobs answer their own errors; this is a bug, not a reply
                     log.exception("bulk read of %s failed", caller)
                 lane.queue.popleft()
-                if lane.unread > UNREAD_BYTES or (lane.unread and not lane.queue):
+                if lane.unread > UNREAD_BYTES:
                     await self._read_by(caller, lane)
                 await asyncio.sleep(0)  # the caller's next read queues behind everyone else
         finally:
-            # an idle caller costs nothing: callers come and go by the thousand
+            # an idle caller costs a number at most: callers come and go by the thousand
             del self._lanes[caller]
+            if lane.unread:
+                self._carried[caller] = lane.unread
+                if len(self._carried) > CARRIED:
+                    self._carried.popitem(last=False)
 
     async def _read_by(self, caller: str, lane: Lane) -> None:
         started = time.monotonic()

@@ -23,6 +23,7 @@ from .schema import BY_PROP, EXPORTED, LISTED, NETWORK_FIELDS, Field, plain, vm_
 
 log = logging.getLogger("fcnetd.service")
 SIGNAL_COALESCE_SECONDS = 0.05
+PING_SECONDS = 5.0  # a caller still reading its replies answers sooner
 LIST_CACHE_BYTES = 8 << 20  # ListNetworks replies kept, one per filter (all 4,094 networks: 1.9 MB)
 LIST_CACHE_ENTRIES = 64  # and at most this many of them: a distinct search costs ~1 KB of bookkeeping
 FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)}
@@ -437,10 +438,12 @@ class Manager(ServiceInterface):
         """Pings the caller: the bus delivers the ping behind our replies, so
         an answer means they were read. False if that cannot be known."""
         try:
-            await call(self.conn, caller, "/", PEER_IFACE, "Ping")
+            await asyncio.wait_for(call(self.conn, caller, "/", PEER_IFACE, "Ping"), PING_SECONDS)
+        except asyncio.TimeoutError:
+            return False  # a client that answers no ping (not any D-Bus library): paced instead
         except DBusError as e:
             # AccessDenied: a bus policy without fcnetd's ping rule; NoReply:
-            # the caller did not answer in the bus's time, or left.
+            # the caller left.
             return e.type not in (ACCESS_DENIED, NO_REPLY)
         return True
 
