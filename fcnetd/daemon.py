@@ -212,9 +212,9 @@ class Daemon:
             self.stopping.set()
 
     def _link_event(self, ev: LinkEvent | None) -> None:
-        if ev is None:  # the kernel dropped events: read everything again
-            log.warning("link events were lost; reconciling")
-            self._spawn(self.engine.reconcile())
+        if ev is None:  # the kernel dropped events: read the state again
+            log.warning("link events were lost; reading the bridges and TAPs again")
+            self._spawn(self.engine.resync())
         elif ev.ifname in self.config.bridges:
             if self.engine.bridge_changed(ev.ifname, bridge_state_of(ev)):
                 self._spawn(self.engine.restore_vlan_filtering(ev.ifname))

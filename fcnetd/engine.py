@@ -22,7 +22,7 @@ from .config import Config
 from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id, check_ifname,
                     check_mac, check_name, check_nic, check_tap_name, check_uid, check_vlan, excerpt,
                     matches_search)
-from .locks import Gate, KeyedLocks
+from .locks import Coalesced, Gate, KeyedLocks
 from .netlink import BridgeState, Device, Netlink, TapState
 from .registry import Registry, Snapshot
 
@@ -61,7 +61,10 @@ class Engine:
         self._uplink_claims: set[tuple[str, int]] = set()  # (bridge, vlan) of networks being created
         self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
         self._creating: dict[tuple[str, int], asyncio.Future] = {}
-        self._reconcile_queued: asyncio.Future | None = None
+        # Reconcile holds the gate alone; a resync after lost link events
+        # only shares it. Each is coalesced.
+        self.reconcile = Coalesced(self.gate.exclusive, self.reconcile_exclusive)
+        self.resync = Coalesced(self.gate.shared, self._resync)
         self.stats = Stats()
         registry.observer = self.stats.observe_write
         # Observers are told after a change is on disk (or in the kernel).
@@ -432,19 +435,30 @@ class Engine:
         return True
 
     # -- reconcile -----------------------------------------------------------
-    async def reconcile(self) -> dict[str, int]:
-        """Brings the kernel in line with the registry. Requests are
-        coalesced: all that arrive while one waits for the gate share it,
-        so a storm of triggers costs at most one run more than the one in
-        progress."""
-        if self._reconcile_queued is None:
-            self._reconcile_queued = asyncio.ensure_future(self._queued_reconcile())
-        return await asyncio.shield(self._reconcile_queued)
-
-    async def _queued_reconcile(self) -> dict[str, int]:
-        async with self.gate.exclusive():
-            self._reconcile_queued = None  # a request from now on needs a run of its own
-            return await self.reconcile_exclusive()
+    async def _resync(self) -> None:
+        """After lost link events: the bridges' and the TAPs' state read
+        again, with the gate shared, so VM starts and stops go on. Nothing
+        is adopted or reaped (that is reconcile's work, with the gate held
+        alone); merged per TAP: only a TAP the engine held before the read
+        and still holds unchanged after it is compared, so one created or
+        deleted meanwhile is left to the call that did it."""
+        for bridge in self.config.bridges:
+            try:
+                state = await self.netlink.bridge(bridge)
+            except E.FcnetError:
+                state = None
+            if self.bridge_changed(bridge, state):
+                await self.restore_vlan_filtering(bridge)
+        before = dict(self.taps)
+        kernel = await self.netlink.taps()
+        for key, tap in before.items():
+            if self.taps.get(key) is not tap:
+                continue
+            now = kernel.get(key)
+            if now is None or now.name != tap.name:
+                self.tap_vanished(tap.name)
+            else:
+                self.tap_changed(tap.name, now.up, now.carrier)
 
     async def reconcile_exclusive(self) -> dict[str, int]:
         """The reconcile itself, for a caller that holds the gate alone:

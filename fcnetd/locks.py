@@ -1,12 +1,14 @@
-"""The two locks of the engine's serialization model (README, "What may
+"""The locks of the engine's serialization model (README, "What may
 interleave"): a gate that per-object work shares and whole-state work
-(reconcile, a hand edit) holds alone, and one lock per VM NIC."""
+(reconcile, a hand edit) holds alone, one lock per VM NIC, and coalesced
+runs of a job."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 from collections import deque
+from typing import Awaitable, Callable
 
 
 class Gate:
@@ -107,3 +109,23 @@ class KeyedLocks:
                 del self._locks[key]
             else:
                 self._locks[key] = (lock, users - 1)
+
+
+class Coalesced:
+    """Runs of one job under a lock, coalesced: callers that ask while a run
+    waits for the lock share that run, so a storm of triggers costs at most
+    one run more than the one in progress."""
+
+    def __init__(self, hold: Callable[[], contextlib.AbstractAsyncContextManager], job: Callable[[], Awaitable]):
+        self._hold, self._job = hold, job
+        self._queued: asyncio.Future | None = None
+
+    def __call__(self) -> Awaitable:
+        if self._queued is None:
+            self._queued = asyncio.ensure_future(self._run())
+        return asyncio.shield(self._queued)
+
+    async def _run(self):
+        async with self._hold():
+            self._queued = None  # a request from now on needs a run of its own
+            return await self._job()

@@ -447,7 +447,9 @@ class LinkMonitor:
     as bridge_state_of(event)."""
 
     EVENT_BATCH_SECONDS = 0.005
-    RCVBUF = 4 << 20  # a start-up reconcile of thousands of TAPs must not overrun it
+    # A burst of a thousand VM starts sends ~7 MB of link events while the
+    # loop is busy; the memory is taken only while they wait.
+    RCVBUF = 16 << 20
 
     def __init__(self, sock: socket.socket | None = None):
         self.sock = sock

@@ -186,3 +186,28 @@ def test_delete_tap_of_unknown_vm_nics_keeps_nothing(tmp_path):
     grown = {path: (before.get(path, 0), n) for path, n in after.items() if n > before.get(path, 0)}
     assert not grown, f"grew with 10,000 unknown VM NICs (attribute: (before, after)): {grown}"
     assert kept < 256 * 1024, f"{kept:,} bytes still held after 10,000 DeleteTap of unknown VM NICs"
+
+
+def test_a_resync_after_lost_link_events_lets_vm_starts_run_and_forgets_nothing(tmp_path):
+    """Lost link events are answered by a resync that shares the gate: a VM
+    start runs while its dump is in flight (a full reconcile held every call
+    back, 2.5x slower 1,000-VM stops), a TAP made meanwhile is kept, and a
+    TAP someone else deleted is forgotten."""
+    e = make(tmp_path)
+    kernel = e.netlink
+
+    async def go():
+        for vm in ("vm-1", "vm-2", "vm-3"):
+            await e.attach_vm(vm, "fcbr0", 0)
+        gone = await e.create_tap("vm-2", "eth0")
+        kernel.devices.pop(gone)  # deleted behind fcnetd's back, its event lost
+        dump = kernel.hold("taps")
+        resync = asyncio.ensure_future(e.resync())
+        await dump.reached()
+        made = await asyncio.wait_for(e.create_tap("vm-1", "eth0"), 5)  # not held back
+        dump.open()
+        await resync
+        return made
+    made = asyncio.run(go())
+    assert e.taps[("vm-1", "eth0")].name == made
+    assert ("vm-2", "eth0") not in e.taps and e.stats.reconcile["drift"] == 1
