@@ -492,6 +492,9 @@ class Engine:
                 if tap.master != bridge.index:
                     await self.netlink.set_master(tap.index, bridge.index, Device("tap", tap.name), net.bridge)
                     result["drift"] += 1
+                if not tap.up:  # a crash between release and up (netlink.create_tap)
+                    await self.netlink.set_up(tap.index, Device("tap", tap.name))
+                    result["drift"] += 1
                 if net.vlan and bridge.vlan_filtering:
                     want = {net.vlan: {"pvid", "untagged"}}
                     current = port_vlans.get(tap.index, {})

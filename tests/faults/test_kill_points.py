@@ -5,7 +5,7 @@ restarted, and the invariants read back from the kernel and the files:
   Registry read in this process);
 - every acknowledged change is present, every acknowledged removal absent;
 - no `vmtap*` device lacks fcnetd's tag; at most one TAP per VM NIC;
-- every tagged TAP belongs to an attachment and sits on its bridge;
+- every tagged TAP belongs to an attachment, sits on its bridge and is up;
 - nothing foreign was touched (a foreign TAP and a foreign dummy survive
   as they were).
 
@@ -137,6 +137,7 @@ def test_killed_at(point, host, monkeypatch):
                 ours[owner] = name
                 assert owner in reg.attachments, f"{name} belongs to no attachment ({owner})"
                 assert link.get("master") == "fcbr0", f"{name} is not on fcbr0: {link.get('master')}"
+                assert "UP" in link["flags"], f"{name} was adopted but left down ({point})"
         for vm, tap in acks.taps.items():
             if vm in acks.detaching:
                 continue

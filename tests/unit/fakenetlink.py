@@ -28,7 +28,7 @@ from fcnetd import errors as E
 from fcnetd.netlink import BridgeState, TapState
 
 OPERATIONS = ("ensure_bridge", "bridge", "create_tap", "delete_link", "taps", "link_index",
-              "set_master", "port_vlans", "all_port_vlans", "set_port_vlans")
+              "set_master", "set_up", "port_vlans", "all_port_vlans", "set_port_vlans")
 
 
 class Gate:
@@ -125,6 +125,9 @@ class YieldingNetlink:
     async def link_index(self, name):
         await self._kernel("link_index")
         return None
+
+    async def set_up(self, index, what):
+        await self._kernel("set_up")
 
     async def set_master(self, index, master, what, bridge=""):
         await self._kernel("set_master")
