@@ -246,15 +246,22 @@ def run_in_ns(ns: Netns, script: str, *args: str, timeout: float = 1200) -> dict
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
-def write_registry(state_dir: str, networks: int, attachments: int, bridge: str = "fcbr0",
+def bridge_of(vid: int, bridges: int) -> str:
+    """The bridge write_registry puts the network of VLAN `vid` on."""
+    return f"fcbr{(vid - 1) % bridges}"
+
+
+def write_registry(state_dir: str, networks: int, attachments: int, bridges: int = 1,
                    host: str = "bench") -> None:
-    """A schema-1 registry.json as today's fcnetd writes it (registry.py
-    `serialize`), written here without fcnetd's code so the bench keeps
-    proving that such a file loads: `networks` tagged networks (VLAN 1..n)
-    on `bridge`, `attachments` VMs spread over them round-robin."""
+    """A schema-1 registry.json as fcnetd before the journal wrote it
+    (written here without fcnetd's code so the bench keeps proving that such
+    a file loads): `networks` tagged networks (VLAN 1..n) spread over
+    `bridges` bridges fcbr0.., `attachments` VMs over the networks
+    round-robin."""
     os.makedirs(state_dir, exist_ok=True)
     ids = [str(uuid.UUID(int=vid)) for vid in range(1, networks + 1)]
-    nets = [json.dumps({"id": ids[vid - 1], "name": f"{bridge}-vlan-{vid}", "bridge": bridge, "vlan": vid,
+    nets = [json.dumps({"id": ids[vid - 1], "name": f"{bridge_of(vid, bridges)}-vlan-{vid}",
+                        "bridge": bridge_of(vid, bridges), "vlan": vid,
                         "host": host, "created": f"2026-01-01T00:00:00.{vid:06d}Z", "origin": "manual",
                         "description": ""}, separators=(",", ":")) for vid in range(1, networks + 1)]
     atts = [json.dumps({"vm_id": f"vm-{i}", "nic": "eth0", "network_id": ids[i % networks], "vm_name": f"vm-{i}",
