@@ -58,6 +58,11 @@ class Engine:
         self.gate = Gate()
         self._nic_locks = KeyedLocks()  # (vm_id, nic) -> lock, held for a VM NIC's whole call
         self._uplink_lock = asyncio.Lock()
+        # Network creations and deletions one at a time: a creation checks the
+        # name and (bridge, VLAN) before it prepares the bridge and again
+        # after; two racing for one name would leave a bridge made for the
+        # refused one. They are rare and quick; VM work does not take it.
+        self._network_lock = asyncio.Lock()
         self._uplink_claims: set[tuple[str, int]] = set()  # (bridge, vlan) of networks being created
         self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
         self._creating: dict[tuple[str, int], asyncio.Future] = {}
@@ -252,6 +257,11 @@ class Engine:
 
     async def _create_network(self, name: str, bridge: str, vlan: int, description: str,
                               origin: str) -> Network:
+        async with self._network_lock:
+            return await self._create_network_locked(name, bridge, vlan, description, origin)
+
+    async def _create_network_locked(self, name: str, bridge: str, vlan: int, description: str,
+                                     origin: str) -> Network:
         self._allowed(bridge)
         self._check_free(name, bridge, vlan)
         await self._prepare_bridge(bridge, vlan)
@@ -261,7 +271,6 @@ class Engine:
             if vlan:  # the trunk carries the VLAN before anyone is told it exists
                 self._uplink_claims.add(claim)
                 await self.sync_uplinks()
-            self._check_free(name, bridge, vlan)  # the awaits above let others in
             net = Network.new(name, bridge, vlan, self.host, origin, description)
             await self.registry.commit(self.registry.change("add_network", net))
             stored = True
@@ -309,7 +318,7 @@ class Engine:
             return existing, False
 
     async def delete_network(self, ref: str) -> None:
-        async with self.gate.shared():
+        async with self.gate.shared(), self._network_lock:
             net = self.find_network(ref)
             count = len(self.registry.by_network.get(net.id, {}))
             if count:
