@@ -28,6 +28,7 @@ from .registry import Registry, Snapshot
 
 log = logging.getLogger("fcnetd.engine")
 TAP_NAME_TRIES = 8
+ENSURE_TRIES = 3  # a network created and deleted under an AttachVm this often: the caller is told
 BRIDGE_PORTS = 1023  # the kernel's limit (BR_MAX_PORTS - 1)
 
 
@@ -297,25 +298,31 @@ class Engine:
             return await self._ensure_network(bridge, vlan)
 
     async def _ensure_network(self, bridge: str, vlan: int) -> tuple[Network, bool]:
-        existing = self.registry.by_key.get((self.host, bridge, vlan))
-        if existing is not None:
-            return existing, False
-        # Concurrent first attachments wait for one creation instead of racing.
-        creation = self._creating.get((bridge, vlan))
-        leader = creation is None
-        if leader:
-            creation = asyncio.ensure_future(
-                self._create_network(auto_name(bridge, vlan), bridge, vlan, "", "auto"))
-            self._creating[(bridge, vlan)] = creation
-            creation.add_done_callback(lambda _: self._creating.pop((bridge, vlan), None))
-        try:
-            return await asyncio.shield(creation), leader
-        except E.NetworkExists:
-            # A manual network took the (host, bridge, vlan) or the auto name meanwhile.
+        # A creation can lose to a CreateNetwork of the same (bridge, VLAN)
+        # whose network a DeleteNetwork then removes: try again, as a call
+        # made after both would.
+        for _ in range(ENSURE_TRIES):
             existing = self.registry.by_key.get((self.host, bridge, vlan))
-            if existing is None:
-                raise
-            return existing, False
+            if existing is not None:
+                return existing, False
+            # Concurrent first attachments wait for one creation instead of racing.
+            creation = self._creating.get((bridge, vlan))
+            leader = creation is None
+            if leader:
+                creation = asyncio.ensure_future(
+                    self._create_network(auto_name(bridge, vlan), bridge, vlan, "", "auto"))
+                self._creating[(bridge, vlan)] = creation
+                creation.add_done_callback(lambda _: self._creating.pop((bridge, vlan), None))
+            try:
+                return await asyncio.shield(creation), leader
+            except E.NetworkExists:
+                existing = self.registry.by_key.get((self.host, bridge, vlan))
+                if existing is not None:
+                    return existing, False  # a manual network took the (host, bridge, vlan) meanwhile
+                if auto_name(bridge, vlan) in self.registry.by_name:
+                    raise  # the auto name belongs to another network
+        raise E.NetworkExists(f"bridge {bridge} VLAN {vlan or 'untagged'}: its network was created and deleted "
+                              f"{ENSURE_TRIES} times while this call waited; try again")
 
     async def delete_network(self, ref: str) -> None:
         async with self.gate.shared(), self._network_lock:
@@ -345,9 +352,12 @@ class Engine:
             self._check_unattached(vm_id, nic)
             self._allowed(bridge)
             self._check_room(bridge)
-            net, _ = await self._ensure_network(bridge, vlan)
-            if net.id not in self.registry.networks:
-                raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching")
+            for _ in range(ENSURE_TRIES):
+                net, _ = await self._ensure_network(bridge, vlan)
+                if net.id in self.registry.networks:
+                    break  # a DeleteNetwork may win the await above; then it is made again
+            else:
+                raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching; try again")
             self._check_room(bridge)
             att = Attachment(vm_id, nic, net.id, vm_name, mac)
             await self.registry.commit(self.registry.change("add_attachment", att))
