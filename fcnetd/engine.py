@@ -64,6 +64,10 @@ class Engine:
         # after; two racing for one name would leave a bridge made for the
         # refused one. They are rare and quick; VM work does not take it.
         self._network_lock = asyncio.Lock()
+        # AttachVm calls in flight by (bridge, vlan): their network counts as
+        # in use, so a DeleteNetwork cannot take the network an AttachVm just
+        # auto-created before its attachment is added.
+        self._attaching: dict[tuple[str, int], int] = {}
         self._uplink_claims: set[tuple[str, int]] = set()  # (bridge, vlan) of networks being created
         self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
         self._creating: dict[tuple[str, int], asyncio.Future] = {}
@@ -327,7 +331,7 @@ class Engine:
     async def delete_network(self, ref: str) -> None:
         async with self.gate.shared(), self._network_lock:
             net = self.find_network(ref)
-            count = len(self.registry.by_network.get(net.id, {}))
+            count = len(self.registry.by_network.get(net.id, {})) + self._attaching.get((net.bridge, net.vlan), 0)
             if count:
                 raise E.NetworkInUse(
                     f"Network has {count} attached VM{'s' if count != 1 else ''}. Remove VMs first.")
@@ -352,15 +356,23 @@ class Engine:
             self._check_unattached(vm_id, nic)
             self._allowed(bridge)
             self._check_room(bridge)
-            for _ in range(ENSURE_TRIES):
-                net, _ = await self._ensure_network(bridge, vlan)
-                if net.id in self.registry.networks:
-                    break  # a DeleteNetwork may win the await above; then it is made again
-            else:
-                raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching; try again")
-            self._check_room(bridge)
-            att = Attachment(vm_id, nic, net.id, vm_name, mac)
-            await self.registry.commit(self.registry.change("add_attachment", att))
+            key = (bridge, vlan)
+            self._attaching[key] = self._attaching.get(key, 0) + 1
+            try:
+                for _ in range(ENSURE_TRIES):
+                    net, _ = await self._ensure_network(bridge, vlan)
+                    if net.id in self.registry.networks:
+                        break  # a DeleteNetwork may win the await above; then it is made again
+                else:
+                    raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching; try again")
+                self._check_room(bridge)
+                att = Attachment(vm_id, nic, net.id, vm_name, mac)
+                await self.registry.commit(self.registry.change("add_attachment", att))
+            finally:
+                if self._attaching[key] == 1:
+                    del self._attaching[key]
+                else:
+                    self._attaching[key] -= 1
         self.on_network_changed(net)
         return net
 
