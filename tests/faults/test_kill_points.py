@@ -112,7 +112,7 @@ def host(tmp_path):
 @pytest.mark.parametrize("point", sorted(ARMED))
 def test_killed_at(point, host, monkeypatch):
     ns, bus, config, state = host
-    foreign_before = {k: v for k, v in kernel_links(ns).items() if k in ("vmtap999999", "foreign0")}
+    foreign_before = {k: v for k, v in ns.configured().items() if k in ("vmtap999999", "foreign0")}
     monkeypatch.setenv("FCNETD_FAULT_POINT", f"{point}:{ARMED[point]}")
     daemon = Daemon(ns, bus, state, config).start()
     monkeypatch.delenv("FCNETD_FAULT_POINT")
@@ -142,11 +142,10 @@ def test_killed_at(point, host, monkeypatch):
             if vm in acks.detaching:
                 continue
             assert ours.get((vm, "eth0")) == tap, f"acknowledged {tap} of {vm} is gone ({point})"
+        configured = ns.configured()
         for name, before in foreign_before.items():
-            after = links.get(name)
-            assert after is not None, f"foreign {name} was deleted"
-            assert (after.get("master"), after.get("ifalias"), after["flags"]) == (
-                before.get("master"), before.get("ifalias"), before["flags"]), f"foreign {name} was changed"
+            assert name in configured, f"foreign {name} was deleted"
+            assert configured[name] == before, f"foreign {name} was changed"
         journal = os.path.join(state, "registry.journal")
         for line in open(journal, "rb").read().splitlines():
             json.loads(line)  # every line left is whole

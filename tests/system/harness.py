@@ -30,6 +30,9 @@ def run(cmd: list[str], check: bool = True, **kw) -> subprocess.CompletedProcess
     return res
 
 
+CARRIER_FLAGS = {"LOWER_UP", "NO-CARRIER", "DORMANT", "M-DOWN"}
+
+
 class Netns:
     def __init__(self):
         self.name = f"fcnt{os.getpid()}x{next(_counter)}"
@@ -45,6 +48,15 @@ class Netns:
 
     def links(self) -> list[dict]:
         return json.loads(self.ip("-d", "-j", "link", "show").stdout)
+
+    def configured(self) -> dict[str, tuple]:
+        """Each link's master, alias and the flags someone sets. Carrier
+        flags are left out: the kernel's linkwatch changes them up to a
+        second after their cause (a TAP's fd closing, a bridge losing its
+        last running port), so they differ between two reads of an
+        untouched link."""
+        return {l["ifname"]: (l.get("master"), l.get("ifalias"), sorted(set(l["flags"]) - CARRIER_FLAGS))
+                for l in self.links()}
 
     def taps(self) -> list[dict]:
         return [l for l in self.links() if l.get("linkinfo", {}).get("info_kind") == "tun"]

@@ -78,12 +78,12 @@ def test_a_second_daemon_on_the_same_bus_leaves_every_device_as_it_found_it(daem
     now held before anything in the kernel is read for changes or touched."""
     client.call("AttachVm", "ssqa{sv}", "vm-a", "fcbr0", 0, {})
     tap = client.call("CreateTap", "ssa{sv}", "vm-a", "eth0", {})[0]
-    before = {l["ifname"]: (l.get("master"), l.get("ifalias"), l["flags"]) for l in daemon.ns.links()}
+    before = daemon.ns.configured()
     second = Daemon(daemon.ns, daemon.bus, str(tmp_path / "other-state"), daemon.config)
     with pytest.raises(AssertionError, match="exited with 1"):
         second.start(timeout=15)
     assert "owned by another process" in second.output() and "reaped" not in second.output()
-    after = {l["ifname"]: (l.get("master"), l.get("ifalias"), l["flags"]) for l in daemon.ns.links()}
+    after = daemon.ns.configured()
     assert after == before and tap in after
     assert client.call("GetNetwork", "s", "fcbr0")[0]["Taps"] == [tap]
 
