@@ -358,6 +358,7 @@ class Engine:
             self._check_room(bridge)
             key = (bridge, vlan)
             self._attaching[key] = self._attaching.get(key, 0) + 1
+            counted = True
             try:
                 for _ in range(ENSURE_TRIES):
                     net, _ = await self._ensure_network(bridge, vlan)
@@ -367,14 +368,23 @@ class Engine:
                     raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching; try again")
                 self._check_room(bridge)
                 att = Attachment(vm_id, nic, net.id, vm_name, mac)
-                await self.registry.commit(self.registry.change("add_attachment", att))
+                change = self.registry.change("add_attachment", att)
+                # From here the registry counts it: counted twice, a
+                # DeleteNetwork meanwhile would say one VM too many.
+                self._attach_settled(key)
+                counted = False
+                await self.registry.commit(change)
             finally:
-                if self._attaching[key] == 1:
-                    del self._attaching[key]
-                else:
-                    self._attaching[key] -= 1
+                if counted:
+                    self._attach_settled(key)
         self.on_network_changed(net)
         return net
+
+    def _attach_settled(self, key: tuple[str, int]) -> None:
+        if self._attaching[key] == 1:
+            del self._attaching[key]
+        else:
+            self._attaching[key] -= 1
 
     def _check_room(self, bridge: str) -> None:
         """Every attached VM NIC must be able to start: a bridge holds 1,023

@@ -8,6 +8,7 @@ is fixed by the gates."""
 
 import asyncio
 import gc
+import threading
 import tracemalloc
 from collections import deque
 
@@ -211,3 +212,32 @@ def test_a_resync_after_lost_link_events_lets_vm_starts_run_and_forgets_nothing(
     made = asyncio.run(go())
     assert e.taps[("vm-1", "eth0")].name == made
     assert ("vm-2", "eth0") not in e.taps and e.stats.reconcile["drift"] == 1
+
+
+def test_delete_network_counts_an_attachment_being_written_once(tmp_path):
+    """An AttachVm waiting for its journal write is in the registry's count
+    already; counted again as in flight, a DeleteNetwork meanwhile said
+    "2 attached VMs" of a network no serial order gave more than one (the
+    stateful test's serial-order check found it)."""
+    e = make(tmp_path)
+    written = threading.Event()
+
+    async def go():
+        await e.attach_vm("vm-1", "fcbr0", 0)
+        append = e.registry.journal.append
+
+        def held_append(payload):
+            written.wait(30)
+            append(payload)
+        e.registry.journal.append = held_append
+        attach = asyncio.ensure_future(e.attach_vm("vm-2", "fcbr0", 0))
+        await run_until_blocked(attach)
+        assert ("vm-2", "eth0") in e.registry.attachments, "the attachment is not awaiting its write"
+        try:
+            await e.delete_network("fcbr0")
+        except E.NetworkInUse as refused:
+            return str(refused)
+        finally:
+            written.set()
+            await attach
+    assert asyncio.run(go()) == "Network has 2 attached VMs. Remove VMs first."
