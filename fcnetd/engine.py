@@ -533,7 +533,7 @@ class Engine:
                 if tap.master != bridge.index:
                     await self.netlink.set_master(tap.index, bridge.index, Device("tap", tap.name), net.bridge)
                     result["drift"] += 1
-                if not tap.up:  # a crash between release and up (netlink.create_tap)
+                if not tap.up:  # set down by hand, or made by an fcnetd that raised TAPs last
                     await self.netlink.set_up(tap.index, Device("tap", tap.name))
                     result["drift"] += 1
                 if net.vlan and bridge.vlan_filtering:

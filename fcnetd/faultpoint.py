@@ -21,11 +21,10 @@ POINTS = (
     # netlink.Netlink.create_tap, in order; a TAP is persistent only from
     # tap.persistent on, so a kill before it must leave no device at all.
     "tap.opened",      # TUNSETIFF done: a TAP that lives as long as our fd
-    "tap.plugged",     # enslaved to the bridge and tagged, still down
+    "tap.plugged",     # enslaved to the bridge, tagged and up, its carrier held off
     "tap.vlans",       # in its VLAN only (tagged networks)
     "tap.persistent",  # TUNSETPERSIST done, fd still open
-    "tap.released",    # fd closed, the TAP still down (reconcile raises an adopted one)
-    "tap.up",          # set up: the TAP is the VMM's to open
+    "tap.released",    # fd closed: the TAP is the VMM's to open
     # registry.Registry and journal.Journal
     "journal.before-append",   # a group of registry changes about to be written
     "journal.after-append",    # written and fsync'd, callers not yet answered

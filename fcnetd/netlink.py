@@ -341,11 +341,12 @@ class Netlink:
     # -- TAPs ------------------------------------------------------------
     async def create_tap(self, name: str, vm_id: str, nic: str, bridge: BridgeState, vlan: int,
                          uid: int | None, gid: int | None, mtu: int) -> TapState:
-        """Creates, tags, plugs and raises a TAP; on failure nothing is left
-        behind. The TAP becomes persistent last, once it is tagged and in its
-        VLAN: until then it lives only as long as the fd that made it, so a
-        crash at any step (the daemon killed) leaves no device or a tagged,
-        finished one, never an untagged device nobody would remove."""
+        """Creates, tags, plugs and raises a TAP (one RTM_NEWLINK, as the C
+        floor in bench/ does); on failure nothing is left behind. The TAP
+        becomes persistent last, once it is tagged and in its VLAN: until
+        then it lives only as long as the fd that made it, so a crash at any
+        step (the daemon killed) leaves no device or a tagged, finished one,
+        never an untagged device nobody would remove."""
         tap = Device("tap", name)
         try:
             fd = tundev.create_tap(name, uid, gid)
@@ -355,12 +356,12 @@ class Netlink:
         action = "plug"
         try:
             index = socket.if_nametoindex(name)  # one ioctl; link_lookup would dump every link
-            await self._set_link(index, master=bridge.index, ifalias=tap_tag(vm_id, nic), mtu=mtu)
+            await self._set_link(index, master=bridge.index, ifalias=tap_tag(vm_id, nic), mtu=mtu, up=True)
             faultpoint.reached("tap.plugged")
             if vlan:
                 # Enslaving made it a member of the bridge's default VLAN; a
                 # tagged network's TAP must be in its own VLAN and no other.
-                # It is still down, so no frame crossed in between.
+                # Its carrier is off, so the bridge forwarded no frame in between.
                 action = "vlans"
                 await self._rt("vlan_filter", "add", index=index,
                                vlan_info={"vid": vlan, "flags": ["pvid", "untagged"]})
@@ -378,17 +379,8 @@ class Netlink:
             if isinstance(e, (NetlinkError, OSError)):
                 raise translate(e, tap, action, bridge.name) from e
             raise
-        # Let go before it goes up: raised with our queue attached, it would
-        # get carrier, and with it IPv6 addresses, routes and MLD joins the
-        # kernel must undo again (1,000 VM stops took twice as long).
         os.close(fd)
         faultpoint.reached("tap.released")
-        try:
-            await self.set_up(index, tap)
-        except FcnetError:
-            await self.delete_link(name)  # tagged but not in the engine: a retry would make a second
-            raise
-        faultpoint.reached("tap.up")
         return TapState(name, index, vm_id, nic, bridge.index, True, False)
 
     async def taps(self) -> dict[tuple[str, str], TapState]:

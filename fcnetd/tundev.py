@@ -17,6 +17,7 @@ TUNSETIFF = 0x400454CA
 TUNSETPERSIST = 0x400454CB
 TUNSETOWNER = 0x400454CC
 TUNSETGROUP = 0x400454CE
+TUNSETCARRIER = 0x400454E2
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -33,7 +34,10 @@ def _ifreq(name: str, flags: int) -> bytes:
 
 def create_tap(name: str, uid: int | None, gid: int | None) -> int:
     """Creates a TAP owned by uid/gid and returns the fd that holds it;
-    OSError(EBUSY) if the name exists. The TAP is not persistent: it
+    OSError(EBUSY) if the name exists. Its carrier is off while fcnetd holds
+    it: raised with our queue attached and carrier on, it would get IPv6
+    addresses, routes and MLD joins the kernel must undo again when we let
+    go (1,000 VM stops took twice as long); a VMM's open turns it on. The TAP is not persistent: it
     vanishes when the fd is closed, by anyone or by the process dying, until
     make_persistent(fd). So a crash before the caller has tagged it leaves
     no device behind."""
@@ -44,6 +48,7 @@ def create_tap(name: str, uid: int | None, gid: int | None) -> int:
             fcntl.ioctl(fd, TUNSETOWNER, uid)
         if gid is not None:
             fcntl.ioctl(fd, TUNSETGROUP, gid)
+        fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 0))
     except OSError:
         os.close(fd)
         raise

@@ -32,7 +32,7 @@ from tests.system.harness import Daemon, Netns, Pool
 VMS = 8
 # point -> how many times it is passed before the kill: mid-burst, not first
 ARMED = {
-    "tap.opened": 3, "tap.plugged": 3, "tap.up": 3, "tap.persistent": 3, "tap.released": 3,
+    "tap.opened": 3, "tap.plugged": 3, "tap.persistent": 3, "tap.released": 3,
     "journal.before-append": 3, "journal.after-append": 3,
     "detach.tap-deleted": 2,
     "reconcile.dumped": 2,          # 1 is the start-up reconcile, 2 the one SIGHUP asks for

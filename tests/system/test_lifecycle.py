@@ -46,6 +46,12 @@ def test_vm_lifecycle_attach_tap_delete_refused_then_allowed(daemon, bus, client
     assert link["linkinfo"]["info_data"]["type"] == "tap"
     assert link["linkinfo"]["info_data"]["vnet_hdr"] is True and link["linkinfo"]["info_data"]["pi"] is False
     assert ns.sysfs(tap, "owner") == "1000" and ns.sysfs(tap, "group") == "1001"
+    # No carrier until the VMM opens it, as Firecracker does; then it has.
+    assert ns.sysfs(tap, "carrier") == "0"
+    assert ns.python("import sys, os; from fcnetd import tundev; "
+                     "fd = tundev.open_tap(sys.argv[1], tundev.VM_FLAGS); "
+                     "print(open(f'/sys/class/net/{sys.argv[1]}/carrier').read().strip()); os.close(fd)",
+                     tap).strip() == "1"
     detail = client.call("GetNetwork", "s", "fcbr1")[0]
     assert detail["Taps"] == [tap]
     assert detail["Vms"][0]["VmName"] == "web-dev" and detail["Vms"][0]["State"] == "running"
