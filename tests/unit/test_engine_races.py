@@ -107,6 +107,19 @@ def detach_left_no_tap(e: Engine, kernel: YieldingNetlink, detached) -> None:
     assert kernel.taps_for(*VM) == [], f"DetachVm answered success and left {kernel.taps_for(*VM)}"
 
 
+async def interleave(kernel: YieldingNetlink, held: str, first, second) -> list:
+    """Runs first() until it reaches the fake kernel's `held` operation,
+    then second() until it can go no further, then lets both finish: their
+    outcomes (a result or the exception), in that order."""
+    gate = kernel.hold(held)
+    one = asyncio.ensure_future(first())
+    await gate.reached()
+    two = asyncio.ensure_future(second())
+    await run_until_blocked(two)
+    gate.open()
+    return await asyncio.gather(one, two, return_exceptions=True)
+
+
 def test_detach_while_create_tap_is_in_the_kernel(tmp_path):
     """Item 2, DetachVm arriving while CreateTap's device is being set up."""
     e = make(tmp_path)
@@ -114,13 +127,7 @@ def test_detach_while_create_tap_is_in_the_kernel(tmp_path):
 
     async def go():
         await e.attach_vm(*VM[:1], "fcbr0", 0)
-        setup = kernel.hold("create_tap")
-        create = asyncio.ensure_future(e.create_tap(*VM))
-        await setup.reached()
-        detach = asyncio.ensure_future(e.detach_vm(*VM))
-        await run_until_blocked(detach)
-        setup.open()
-        return await asyncio.gather(create, detach, return_exceptions=True)
+        return await interleave(kernel, "create_tap", lambda: e.create_tap(*VM), lambda: e.detach_vm(*VM))
     _, detached = asyncio.run(go())
     detach_left_no_tap(e, kernel, detached)
 
@@ -135,13 +142,7 @@ def test_create_tap_while_detach_deletes_the_tap(tmp_path):
     async def go():
         await e.attach_vm(*VM[:1], "fcbr0", 0)
         await e.create_tap(*VM)
-        unplug = kernel.hold("delete_link")
-        detach = asyncio.ensure_future(e.detach_vm(*VM))
-        await unplug.reached()
-        create = asyncio.ensure_future(e.create_tap(*VM))
-        await run_until_blocked(create)
-        unplug.open()
-        return await asyncio.gather(detach, create, return_exceptions=True)
+        return await interleave(kernel, "delete_link", lambda: e.detach_vm(*VM), lambda: e.create_tap(*VM))
     detached, _ = asyncio.run(go())
     detach_left_no_tap(e, kernel, detached)
 
