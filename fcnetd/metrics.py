@@ -22,9 +22,12 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import Collector
 
 from . import __version__, procstats
+from .schema import LABELS
 from .service import LATENCY_BUCKETS
 
 REFRESH_SECONDS = 1.0
+NETWORK_LABELS = [f.label for f in LABELS]  # fcnetd_network_info's, from the field table
+NAME_AT = NETWORK_LABELS.index("network")
 log = logging.getLogger("fcnetd.metrics")
 
 
@@ -43,7 +46,7 @@ class TapRow:
 class Snapshot:
     taken: float
     host: str
-    networks: tuple  # (name, id, bridge, vlan, origin, host, kind, vms, taps)
+    networks: tuple  # (NETWORK_LABELS values, kind, vms, taps)
     taps: tuple[TapRow, ...]
     bridges: tuple  # (name, present, up, vlan_filtering)
     requests: dict
@@ -68,7 +71,7 @@ def capture(daemon) -> dict:
         if net is not None:
             tap_count[net.id] = tap_count.get(net.id, 0) + 1
         taps.append((tap.name, key[0], key[1], net.name if net else "", tap.up, tap.carrier))
-    networks = [(net.name, net.id, net.bridge, net.vlan, net.origin, net.host, net.kind,
+    networks = [(tuple(str(f.get(engine, net)) for f in LABELS), net.kind,
                  len(reg.by_network.get(net.id, ())), tap_count.get(net.id, 0))
                 for net in reg.networks.values()]
     bridges = [(name, st is not None, bool(st and st.up), bool(st and st.vlan_filtering))
@@ -161,15 +164,15 @@ class SnapshotCollector(Collector):
         yield InfoMetricFamily("fcnetd_build", "fcnetd build.", value={"version": __version__})
         by_type = GaugeMetricFamily("fcnetd_networks", "Networks in the registry by type.", labels=["type"])
         for kind in ("bridge", "vlan"):
-            by_type.add_metric([kind], sum(1 for n in s.networks if n[6] == kind))
+            by_type.add_metric([kind], sum(1 for n in s.networks if n[1] == kind))
         yield by_type
-        info = InfoMetricFamily("fcnetd_network", "One series per network.",
-                                labels=["network", "id", "bridge", "vlan", "origin", "host"])
+        info = InfoMetricFamily("fcnetd_network", "One series per network.", labels=NETWORK_LABELS)
         vms = GaugeMetricFamily("fcnetd_network_vms", "VM NICs attached to the network.", labels=["network"])
         taps = GaugeMetricFamily("fcnetd_network_taps", "TAPs (running VM NICs) on the network.",
                                  labels=["network"])
-        for name, nid, bridge, vlan, origin, host, _kind, nvms, ntaps in s.networks:
-            info.add_metric([name, nid, bridge, str(vlan), origin, host], {})
+        for labels, _kind, nvms, ntaps in s.networks:
+            info.add_metric(labels, {})
+            name = labels[NAME_AT]
             vms.add_metric([name], nvms)
             taps.add_metric([name], ntaps)
         yield info

@@ -6,6 +6,8 @@ import subprocess
 
 import pytest
 
+from fcnetd.schema import LABELS
+
 from .harness import Daemon, v, wait_for
 
 PORT = 9617
@@ -59,7 +61,11 @@ def test_scrape_shows_networks_taps_and_passes_promtool(mdaemon, client):
     tap = client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})[0]
     text = wait_scrape(mdaemon, lambda t: f'tap="{tap}"' in t)
     assert 'fcnetd_networks{type="bridge"} 1.0' in text
-    assert 'fcnetd_network_info{bridge="fcbr0",host="node1"' in text
+    net = client.call("GetNetwork", "s", "fcbr0")[0]
+    (info,) = series(text, "fcnetd_network_info")
+    # Its labels are the field table's (fcnetd/schema.py), with the network's values.
+    assert info == "fcnetd_network_info{" + ",".join(
+        f'{f.label}="{net[f.prop]}"' for f in sorted(LABELS, key=lambda f: f.label)) + "}"
     assert series(text, "fcnetd_tap_up")[f'fcnetd_tap_up{{network="fcbr0",nic="eth0",tap="{tap}",vm="vm-1"}}'] == 1
     assert 'fcnetd_dbus_requests_total{method="CreateTap",result="ok"} 1.0' in text
     assert 'fcnetd_bridge_present{bridge="fcbr0"} 1.0' in text
