@@ -48,3 +48,32 @@ def test_host_column_and_host_select(browser, two_hosts, shot):
     assert rows == {"br7": "node2", "fcbr1": "node1"}
     shot(page, "14-several-hosts")
     page.context.close()
+
+
+def test_a_late_bridge_list_keeps_the_bridge_the_user_chose(browser, two_hosts):
+    """Choosing a host asks for its bridges; an answer that came after the
+    user had picked a bridge reset the pick to the first bridge, and the
+    dialog created fcbr0 where the user had chosen fcbr1 (seen as a flaky
+    wait for fcbr1's row in the test above)."""
+    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
+    page.goto(two_hosts + "/login")
+    page.fill("#username", "admin")
+    page.fill("#password", PASSWORDS["admin"])
+    page.click("button[type=submit]")
+    page.wait_for_selector("#networks")
+    page.click("#create-open")
+    expect(page.locator("#c-bridge option")).to_have_text(["fcbr0", "fcbr1", "fcbr2"])
+    held = []
+
+    def hold(route):
+        held.append(route)
+    page.route("**/api/bridges?*", hold)
+    with page.expect_request("**/api/bridges?*"):
+        page.select_option("#c-host", "node1")  # asks again; the answer is held
+    page.select_option("#c-bridge", "fcbr1")
+    shown = int(page.locator("#c-bridge").get_attribute("data-answer"))
+    held[0].continue_()
+    expect(page.locator("#c-bridge")).to_have_attribute("data-answer", str(shown + 1))
+    page.unroute("**/api/bridges?*", hold)
+    assert page.locator("#c-bridge").input_value() == "fcbr1"
+    page.context.close()

@@ -153,13 +153,24 @@
       $("#c-name").focus();
     }
 
+    // Each host change asks for that host's bridges; only the newest answer
+    // may fill the list, and it keeps the bridge the user chose meanwhile
+    // (a late answer used to reset it to the first, so the dialog created a
+    // network on a bridge the user had not picked).
+    let bridgeAsk = 0;
     async function fillBridges() {
       const host = $("#c-host").value;
       const sel = $("#c-bridge");
+      const ask = ++bridgeAsk;
       try {
         const data = await api("GET", `/api/bridges?host=${encodeURIComponent(host)}`);
+        if (ask !== bridgeAsk) return;
+        const chosen = sel.value;
         sel.replaceChildren(...data.bridges.map((b) => el("option", { value: b }, b)));
+        if (data.bridges.includes(chosen)) sel.value = chosen;
+        sel.dataset.answer = String(ask);  // which answer the list shows (tests wait on it)
       } catch (e) {
+        if (ask !== bridgeAsk) return;
         sel.replaceChildren();
         toast(e.message, "error", "Cannot list bridges");
       }
