@@ -88,7 +88,7 @@ def networks(session) -> str:
     <p class="hint">1–4094; empty for an untagged network. 4095 is reserved.</p>
     <label for="c-mode">Mode</label>
     <select id="c-mode" name="mode"><option value="bridge">Bridge (layer 2 only)</option>
-      <option value="nat">NAT (fcnetd gives addresses and internet access)</option></select>
+      <option value="nat">NAT (DHCP and internet via fcnetd)</option></select>
     <label for="c-subnet">Subnet (optional)</label>
     <input id="c-subnet" name="subnet" placeholder="Automatic" maxlength="18" inputmode="decimal">
     <p class="hint" id="c-subnet-hint">An IPv4 network such as 10.213.5.0/24, /16 to /29. NAT: empty for a free /24 of fcnetd's pool.</p>
