@@ -37,17 +37,17 @@ async def _run(args) -> int:
     out = sys.stdout
     if args.cmd == "list":
         flt = {k: Variant("s", v) for k, v in (("search", args.search), ("type", args.type),
-                                                ("bridge", args.bridge)) if v}
+                                                ("bridge", args.bridge), ("mode", args.mode)) if v}
         (nets,) = await m("ListNetworks", "a{sv}", [flt])
         nets = unwrap(nets)
         if args.json:
             json.dump(nets, out, indent=2)
             out.write("\n")
         else:
-            rows = [[n["Name"], n["Bridge"], _vlan(n["Vlan"]), n["VmCount"], n["Created"][:19].replace("T", " ")]
-                    for n in nets]
+            rows = [[n["Name"], n["Bridge"], _vlan(n["Vlan"]), n["Mode"], n["Subnet"], n["VmCount"],
+                     n["Created"][:19].replace("T", " ")] for n in nets]
             if rows:
-                print(_table(rows, ["Network", "Bridge", "VLAN", "VMs", "Created"]))
+                print(_table(rows, ["Network", "Bridge", "VLAN", "Mode", "Subnet", "VMs", "Created"]))
                 print()
             print(f"{_plural(len(nets), 'network')} listed.")
     elif args.cmd == "show":
@@ -57,19 +57,32 @@ async def _run(args) -> int:
             json.dump(net, out, indent=2)
             out.write("\n")
         else:
-            for key in ("Name", "Id", "Bridge", "Vlan", "Type", "Status", "Host", "Origin", "Created",
-                        "Description", "VmCount"):
-                value = _vlan(net[key]) if key == "Vlan" else net[key]
+            for key in ("Name", "Id", "Bridge", "Vlan", "Type", "Mode", "Subnet", "Gateway", "Dhcp", "Status",
+                        "Host", "Origin", "Created", "Description", "VmCount"):
+                value = net[key]
+                if key == "Vlan":
+                    value = _vlan(value)
+                elif key == "Dhcp":
+                    value = "yes" if value else "no"
                 print(f"{key:>12}: {value}")
             if net["Vms"]:
                 print()
-                print(_table([[v["VmName"] or "-", v["VmId"], v["Nic"], v["State"], v["Tap"] or "-"]
-                              for v in net["Vms"]], ["VM", "ID", "NIC", "State", "TAP"]))
+                print(_table([[v["VmName"] or "-", v["VmId"], v["Nic"], v["Ip"] or "-", v["Mac"] or "-", v["State"],
+                               v["Tap"] or "-"] for v in net["Vms"]],
+                             ["VM", "ID", "NIC", "IP", "MAC", "State", "TAP"]))
     elif args.cmd == "create":
         opts = {"description": Variant("s", args.description)} if args.description else {}
+        if args.mode:
+            opts["mode"] = Variant("s", args.mode)
+        if args.subnet:
+            opts["subnet"] = Variant("s", args.subnet)
+        if args.no_dhcp:
+            opts["dhcp"] = Variant("b", False)
         (path,) = await m("CreateNetwork", "ssqa{sv}", [args.name or "", args.bridge, args.vlan, opts])
         net = await _props(conn, path)
-        _say(args, {"path": path, "id": net["Id"], "name": net["Name"]}, f"created {net['Name']}")
+        where = f" ({net['Mode']} {net['Subnet']}, gateway {net['Gateway']})" if net["Mode"] == "nat" else ""
+        _say(args, {"path": path, "id": net["Id"], "name": net["Name"], "mode": net["Mode"], "subnet": net["Subnet"],
+                    "gateway": net["Gateway"]}, f"created {net['Name']}{where}")
     elif args.cmd == "delete":
         await m("DeleteNetwork", "s", [args.network])
         _say(args, {"deleted": args.network}, f"deleted {args.network}")
@@ -79,8 +92,13 @@ async def _run(args) -> int:
             opts["vm_name"] = Variant("s", args.vm_name)
         if args.mac:
             opts["mac"] = Variant("s", args.mac)
+        if args.ip:
+            opts["ip"] = Variant("s", args.ip)
         (path,) = await m("AttachVm", "ssqa{sv}", [args.vm_id, args.bridge, args.vlan, opts])
-        _say(args, {"path": path}, f"attached {args.vm_id} {args.nic}")
+        net = await _props(conn, path)
+        vm = next(v for v in net["Vms"] if (v["VmId"], v["Nic"]) == (args.vm_id, args.nic))
+        address = f" ip {vm['Ip']} mac {vm['Mac']}" if vm["Ip"] else ""
+        _say(args, {"path": path, "ip": vm["Ip"], "mac": vm["Mac"]}, f"attached {args.vm_id} {args.nic}{address}")
     elif args.cmd == "detach":
         await m("DetachVm", "ss", [args.vm_id, args.nic])
         _say(args, {"detached": [args.vm_id, args.nic]}, f"detached {args.vm_id} {args.nic}")
@@ -128,12 +146,17 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--search", default="")
     ls.add_argument("--type", choices=["bridge", "vlan"], default="")
     ls.add_argument("--bridge", default="")
+    ls.add_argument("--mode", choices=["bridge", "nat"], default="")
     sub.add_parser("show", help="one network with its VMs").add_argument("network")
     c = sub.add_parser("create", help="create a network by hand")
     c.add_argument("bridge")
     c.add_argument("--vlan", type=_vlan_arg, default=0, help="802.1Q VID 1-4094; 0 or none = untagged")
     c.add_argument("--name", default="", help="default: BRIDGE or BRIDGE-vlan-N")
     c.add_argument("--description", default="")
+    c.add_argument("--mode", choices=["bridge", "nat"], default="",
+                   help="bridge (default: layer 2 only) or nat (fcnetd is the gateway: DHCP, DNS, masquerade)")
+    c.add_argument("--subnet", default="", help="IPv4 CIDR, /16 to /29; for nat default: a free /24 of [nat] pool")
+    c.add_argument("--no-dhcp", action="store_true", help="a nat network without fcnetd's DHCP server")
     sub.add_parser("delete", help="delete a network (refused while VMs are attached)").add_argument("network")
     a = sub.add_parser("attach", help="attach a VM NIC (auto-creates the network)")
     a.add_argument("vm_id")
@@ -141,7 +164,8 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--vlan", type=_vlan_arg, default=0)
     a.add_argument("--nic", default="eth0")
     a.add_argument("--vm-name", default="")
-    a.add_argument("--mac", default="")
+    a.add_argument("--mac", default="", help="default on a nat network: generated, 02:...")
+    a.add_argument("--ip", default="", help="a static address on a nat network; default: the lowest free")
     d = sub.add_parser("detach", help="detach a VM NIC")
     d.add_argument("vm_id")
     d.add_argument("--nic", default="eth0")

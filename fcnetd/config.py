@@ -6,13 +6,16 @@ from __future__ import annotations
 import socket
 import tomllib
 from dataclasses import dataclass, field
+from ipaddress import IPv4Network
 
+from . import ipam
 from .errors import InvalidArgs
 from .model import HOST_RULE, check_host, check_ifname, excerpt
 
 DEFAULT_PATH = "/etc/fcnetd/fcnetd.toml"
 DEFAULT_STATE_DIR = "/var/lib/fcnetd"
 DEFAULT_METRICS = "127.0.0.1:9617"
+DEFAULT_NAT_POOL = IPv4Network("10.213.0.0/16")
 
 
 class ConfigError(Exception):
@@ -34,6 +37,7 @@ class Config:
     metrics: str  # "HOST:PORT" or "off"
     bridges: dict[str, BridgeConfig] = field(default_factory=dict)
     path: str = ""
+    nat_pool: IPv4Network = DEFAULT_NAT_POOL  # where automatic nat subnets come from
 
     def bridge(self, name: str) -> BridgeConfig | None:
         return self.bridges.get(name)
@@ -66,9 +70,9 @@ def _unknown(keys: set) -> str:
 
 
 def parse(data: dict, path: str = "") -> Config:
-    known = {"daemon", "bridges"}
+    known = {"daemon", "bridges", "nat"}
     if extra := set(data) - known:
-        raise ConfigError(f"unknown table(s) {_unknown(extra)}; expected [daemon] and [bridges.NAME]")
+        raise ConfigError(f"unknown table(s) {_unknown(extra)}; expected [daemon], [bridges.NAME] and [nat]")
     daemon = _table(data, "daemon", {}, "daemon")
     if extra := set(daemon) - {"host", "state_dir", "metrics"}:
         raise ConfigError(f"[daemon]: unknown key(s) {_unknown(extra)}")
@@ -81,7 +85,19 @@ def parse(data: dict, path: str = "") -> Config:
     for name, table in _table(data, "bridges", {"fcbr0": {"create": True}}, "bridges").items():
         bridges[name] = _bridge(name, table)
     _check_uplinks(bridges)
-    return Config(host=host, state_dir=state_dir, metrics=metrics, bridges=bridges, path=path)
+    return Config(host=host, state_dir=state_dir, metrics=metrics, bridges=bridges, path=path,
+                  nat_pool=_nat_pool(_table(data, "nat", {}, "nat")))
+
+
+def _nat_pool(nat: dict) -> IPv4Network:
+    if extra := set(nat) - {"pool"}:
+        raise ConfigError(f"[nat]: unknown key(s) {_unknown(extra)}")
+    if "pool" not in nat:
+        return DEFAULT_NAT_POOL
+    try:
+        return ipam.check_subnet(_expect(nat, "pool", str, "nat"), "nat.pool", ipam.POOL_PREFIXES)
+    except InvalidArgs as e:
+        raise ConfigError(str(e)) from None
 
 
 def _host(daemon: dict) -> str:

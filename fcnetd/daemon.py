@@ -48,7 +48,8 @@ class Daemon:
         self.lock = Lock(self.config.state_dir)
         self.registry = Registry(self.config.state_dir)
         self.netlink = Netlink()
-        self.engine = Engine(self.config, self.registry, self.netlink)
+        # nat=None until the NatPlane (fcnetd/nat.py) is wired in at the NAT merge.
+        self.engine = Engine(self.config, self.registry, self.netlink, nat=None)
         self.conn = None
         self.gate = None
         self.metrics = None

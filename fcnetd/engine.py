@@ -15,13 +15,14 @@ import logging
 import random
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 from . import errors as E
-from . import faultpoint
+from . import faultpoint, ipam
 from .config import Config
-from .model import (Attachment, Network, TAP_PREFIX, auto_name, check_description, check_id, check_ifname,
-                    check_mac, check_name, check_nic, check_tap_name, check_uid, check_vlan, excerpt,
-                    matches_search)
+from .model import (MODES, Attachment, Network, TAP_PREFIX, auto_name, check_description, check_dhcp, check_id,
+                    check_ifname, check_mac, check_mode, check_name, check_nic, check_tap_name, check_uid,
+                    check_vlan, excerpt, matches_search)
 from .locks import Coalesced, Gate, KeyedLocks
 from .netlink import BridgeState, Device, Netlink, TapState
 from .registry import Registry, Snapshot
@@ -46,12 +47,51 @@ class Stats:
         self.registry_write_sum += seconds
 
 
+class Addressing(NamedTuple):
+    """A network's mode, subnet and DHCP as a caller asked for them; None
+    where the caller said nothing (AttachVm then takes what an existing
+    network has)."""
+    mode: str | None = None
+    subnet: str | None = None  # canonical, checked
+    dhcp: bool | None = None
+
+    @classmethod
+    def checked(cls, mode: str | None = None, subnet: str | None = None, dhcp: bool | None = None) -> "Addressing":
+        if mode is not None:
+            check_mode(mode)
+        # "" asks for no subnet in particular: the same as not giving one
+        subnet = str(ipam.check_subnet(subnet)) if subnet else None
+        if dhcp is not None:
+            # without a mode, an existing network's decides (check_matches)
+            check_dhcp(dhcp, mode or "nat")
+        return cls(mode, subnet, dhcp)
+
+    def for_new(self) -> tuple[str, str, bool]:
+        """(mode, subnet, dhcp) of a network made now: bridge by default;
+        DHCP on by default for nat. The subnet may still be "" (picked later)."""
+        mode = self.mode or "bridge"
+        return mode, self.subnet or "", check_dhcp(self.dhcp if self.dhcp is not None else mode == "nat", mode)
+
+    def check_matches(self, net: Network) -> None:
+        """An existing network asked for with other values: the caller is
+        told what it has; networks are never edited."""
+        for name, given, has in (("mode", self.mode, net.mode), ("subnet", self.subnet, net.subnet),
+                                 ("dhcp", self.dhcp, net.dhcp)):
+            if given is not None and given != has:
+                shown = repr(has) if name != "dhcp" else str(has).lower()
+                raise E.InvalidArgs(name, f"network {net.name} exists with {name} {shown}; "
+                                          "delete and create it to change that")
+
+
 class Engine:
-    def __init__(self, config: Config, registry: Registry, netlink: Netlink):
+    def __init__(self, config: Config, registry: Registry, netlink: Netlink, *, nat=None):
         self._version = 0
         self.config = config
         self.registry = registry
         self.netlink = netlink
+        # The kernel-and-process side of nat networks (fcnetd/nat.py's
+        # NatPlane); None: no nat network can be made.
+        self.nat = nat
         self.taps: dict[tuple[str, str], TapState] = {}
         self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
         self.tap_generation = 0  # moves with every change of `taps`, which engine.version does not follow
@@ -138,9 +178,11 @@ class Engine:
             return "vlan-filtering-off"
         return "active"
 
-    def list_networks(self, search: str = "", kind: str = "", bridge: str = "") -> list[Network]:
+    def list_networks(self, search: str = "", kind: str = "", bridge: str = "", mode: str = "") -> list[Network]:
         if kind not in ("", "bridge", "vlan"):
             raise E.InvalidArgs("type", f"{excerpt(kind)} must be 'bridge' or 'vlan'")
+        if mode not in ("", *MODES):
+            raise E.InvalidArgs("mode", f"{excerpt(mode)} must be 'bridge' or 'nat'")
         if not isinstance(search, str) or len(search) > 128:
             raise E.InvalidArgs("search", "must be text of at most 128 characters")
         needle = search.lower()
@@ -149,6 +191,8 @@ class Engine:
             if kind and net.kind != kind:
                 continue
             if bridge and net.bridge != bridge:
+                continue
+            if mode and net.mode != mode:
                 continue
             if not matches_search(needle, net.name, net.bridge, net.vlan, net.description):
                 continue
@@ -251,41 +295,82 @@ class Engine:
 
     # -- networks ----------------------------------------------------------
     async def create_network(self, name: str, bridge: str, vlan: int, description: str = "",
-                             origin: str = "manual") -> Network:
+                             origin: str = "manual", mode: str = "bridge", subnet: str = "",
+                             dhcp: bool | None = None) -> Network:
         check_ifname(bridge)
         check_vlan(vlan)
         name = check_name(name) if name else auto_name(bridge, vlan)
         if description:
             check_description(description)
+        addressing = Addressing.checked(mode, subnet, dhcp)
+        addressing.for_new()  # refused before any lock is taken
         async with self.gate.shared():
-            return await self._create_network(name, bridge, vlan, description, origin)
+            return await self._create_network(name, bridge, vlan, description, origin, addressing)
 
     async def _create_network(self, name: str, bridge: str, vlan: int, description: str,
-                              origin: str) -> Network:
+                              origin: str, addressing: Addressing = Addressing()) -> Network:
         async with self._network_lock:
-            return await self._create_network_locked(name, bridge, vlan, description, origin)
+            return await self._create_network_locked(name, bridge, vlan, description, origin, addressing)
 
     async def _create_network_locked(self, name: str, bridge: str, vlan: int, description: str,
-                                     origin: str) -> Network:
+                                     origin: str, addressing: Addressing) -> Network:
         self._allowed(bridge)
         self._check_free(name, bridge, vlan)
-        await self._prepare_bridge(bridge, vlan)
+        mode, subnet, dhcp = addressing.for_new()
+        if mode == "nat":
+            self._nat_plane()
+        # Only network creations add subnets, and they hold the lock: what
+        # this finds free stays free until the commit below.
+        if mode == "nat" or subnet:
+            subnet = await self._choose_subnet(mode, subnet)
+        port = await self._prepare_bridge(bridge, vlan)
         claim = (bridge, vlan)
         stored = False
+        net = Network.new(name, bridge, vlan, self.host, origin, description, mode, subnet, dhcp)
         try:
             if vlan:  # the trunk carries the VLAN before anyone is told it exists
                 self._uplink_claims.add(claim)
                 await self.sync_uplinks()
-            net = Network.new(name, bridge, vlan, self.host, origin, description)
-            await self.registry.commit(self.registry.change("add_network", net))
+            if mode == "nat":
+                # Gateway, firewall and DHCP server before the network
+                # exists: a crash between here and the commit leaves what
+                # the next reconcile reaps (NatPlane.converge).
+                await self.nat.network_added(net, port, [*self.registry.networks.values(), net])
+            try:
+                await self.registry.commit(self.registry.change("add_network", net))
+            except BaseException:
+                if mode == "nat":
+                    await self.nat.network_removed(net, list(self.registry.networks.values()))
+                raise
             stored = True
         finally:
             self._uplink_claims.discard(claim)
             if vlan and not stored:
                 asyncio.ensure_future(self._converge_uplinks(f"a failed creation of {name}"))
-        log.info("network %s created (%s, bridge %s, vlan %s)", net.name, origin, bridge, vlan or "none")
+        log.info("network %s created (%s, bridge %s, vlan %s, %s%s)", net.name, origin, bridge, vlan or "none",
+                 mode, f" {subnet}" if subnet else "")
         self.on_network_added(net)
         return net
+
+    def _nat_plane(self):
+        if self.nat is None:
+            raise E.InvalidArgs("mode", "'nat' is not available: this fcnetd runs without its NAT plane")
+        return self.nat
+
+    async def _choose_subnet(self, mode: str, subnet: str) -> str:
+        """A nat network's subnet, given or picked from the pool, overlapping
+        no other network's subnet and (nat only) no address or route of the
+        host; a bridge network's given subnet, overlapping no other
+        network's (it describes the LAN beyond the uplink, where the host
+        itself may well have an address)."""
+        taken = [(n.network, f"network {n.name} ({n.subnet})") for n in self.registry.networks.values() if n.subnet]
+        if mode == "nat":
+            taken += await self.nat.host_prefixes()
+        if not subnet:
+            return str(ipam.pick_subnet(self.config.nat_pool, [t for t, _ in taken]))
+        if (what := ipam.conflict(ipam.IPv4Network(subnet), taken)) is not None:
+            raise E.SubnetConflict(f"subnet: {subnet} overlaps {what}")
+        return subnet
 
     def _check_free(self, name: str, bridge: str, vlan: int) -> None:
         if (existing := self.registry.by_key.get((self.host, bridge, vlan))) is not None:
@@ -301,7 +386,8 @@ class Engine:
         async with self.gate.shared():
             return await self._ensure_network(bridge, vlan)
 
-    async def _ensure_network(self, bridge: str, vlan: int) -> tuple[Network, bool]:
+    async def _ensure_network(self, bridge: str, vlan: int,
+                              addressing: Addressing = Addressing()) -> tuple[Network, bool]:
         # A creation can lose to a CreateNetwork of the same (bridge, VLAN)
         # whose network a DeleteNetwork then removes: try again, as a call
         # made after both would.
@@ -314,7 +400,7 @@ class Engine:
             leader = creation is None
             if leader:
                 creation = asyncio.ensure_future(
-                    self._create_network(auto_name(bridge, vlan), bridge, vlan, "", "auto"))
+                    self._create_network(auto_name(bridge, vlan), bridge, vlan, "", "auto", addressing))
                 self._creating[(bridge, vlan)] = creation
                 creation.add_done_callback(lambda _: self._creating.pop((bridge, vlan), None))
             try:
@@ -336,6 +422,10 @@ class Engine:
                 raise E.NetworkInUse(
                     f"Network has {count} attached VM{'s' if count != 1 else ''}. Remove VMs first.")
             await self.registry.commit(self.registry.change("remove_network", net))
+            if net.mode == "nat" and self.nat is not None:
+                # Still under the lock: a creation's firewall, built from
+                # the registry, cannot interleave with this one's.
+                await self.nat.network_removed(net, list(self.registry.networks.values()))
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
         self.on_network_removed(net)
         if net.vlan:
@@ -343,15 +433,22 @@ class Engine:
 
     # -- attachments -------------------------------------------------------
     async def attach_vm(self, vm_id: str, bridge: str, vlan: int, vm_name: str = "",
-                        nic: str = "eth0", mac: str = "") -> Network:
+                        nic: str = "eth0", mac: str = "", ip: str = "", mode: str | None = None,
+                        subnet: str | None = None, dhcp: bool | None = None) -> Network:
+        """Records a VM NIC on the (bridge, VLAN) network, made if missing
+        with `mode`, `subnet` and `dhcp`; given for an existing network,
+        they must be what it has. On a nat network the NIC gets an address
+        (`ip`, else the lowest free) and a MAC (`mac`, else generated)."""
         check_id(vm_id, "vm_id")
         check_nic(nic)
         if vm_name:
             check_name(vm_name, "vm_name")
         if mac:
             mac = check_mac(mac)
+        wanted = ipam.check_ip(ip) if ip else None
         check_ifname(bridge)
         check_vlan(vlan)
+        addressing = Addressing.checked(mode, subnet, dhcp)
         async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
             self._check_unattached(vm_id, nic)
             self._allowed(bridge)
@@ -361,13 +458,24 @@ class Engine:
             counted = True
             try:
                 for _ in range(ENSURE_TRIES):
-                    net, _ = await self._ensure_network(bridge, vlan)
+                    net, _ = await self._ensure_network(bridge, vlan, addressing)
                     if net.id in self.registry.networks:
                         break  # a DeleteNetwork may win the await above; then it is made again
                 else:
                     raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching; try again")
+                addressing.check_matches(net)  # found, or made by a concurrent call with other values
                 self._check_room(bridge)
-                att = Attachment(vm_id, nic, net.id, vm_name, mac)
+                # From here to the change: no await, so the address and MAC
+                # are still free when the change takes them.
+                if net.mode == "nat":
+                    self._nat_plane()
+                    taken = self.attachments_of(net)
+                    mac = ipam.claim_mac({a.mac for a in taken}, mac)
+                    ip = str(ipam.allocate(net.network, {ipam.IPv4Address(a.ip) for a in taken}, wanted))
+                elif ip:
+                    raise E.InvalidArgs("ip", f"network {net.name} is a {net.mode} network; "
+                                              "fcnetd gives addresses only on a nat network")
+                att = Attachment(vm_id, nic, net.id, vm_name, mac, ip=ip)
                 change = self.registry.change("add_attachment", att)
                 # From here the registry counts it: counted twice, a
                 # DeleteNetwork meanwhile would say one VM too many.
@@ -377,6 +485,8 @@ class Engine:
             finally:
                 if counted:
                     self._attach_settled(key)
+            if net.mode == "nat":
+                await self.nat.leases_changed(net, self.attachments_of(net))
         self.on_network_changed(net)
         return net
 
@@ -415,7 +525,9 @@ class Engine:
             await self._delete_tap(att.key)
             faultpoint.reached("detach.tap-deleted")
             await self.registry.commit(self.registry.change("remove_attachment", att))
-        net = self.registry.networks.get(att.network_id)
+            net = self.registry.networks.get(att.network_id)
+            if net is not None and net.mode == "nat" and self.nat is not None:
+                await self.nat.leases_changed(net, self.attachments_of(net), released=[att])
         if net is not None:
             self.on_network_changed(net)
 
@@ -553,6 +665,11 @@ class Engine:
         except E.FcnetError as e:
             result["error"] += 1
             log.warning("uplink sync failed: %s", e)
+        if self.nat is not None:
+            by_network = {net_id: list(atts.values()) for net_id, atts in self.registry.by_network.items()}
+            counts = await self.nat.converge(list(self.registry.networks.values()), by_network, self.bridges)
+            for k, v in counts.items():
+                result[k] += v
         for k, v in result.items():
             self.stats.reconcile[k] += v
         return dict(result)

@@ -9,6 +9,7 @@ and shows at most a short excerpt of the value (see excerpt()).
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import uuid
@@ -17,7 +18,8 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import NamedTuple
 
-from .errors import InvalidArgs
+from . import ipam
+from .errors import AddressUnavailable, InvalidArgs, excerpt  # excerpt is used from here across fcnetd
 
 IFNAMSIZ = 16  # the kernel's limit, including the terminating NUL
 VLAN_MAX = 4094  # 4095 is reserved by 802.1Q
@@ -53,29 +55,10 @@ TIME_RULE = "an RFC 3339 UTC timestamp like 2026-01-02T03:04:05.123456Z"
 _FCNETD_BRIDGE_RE = re.compile(r"fcbr[0-9]+")
 TAP_PREFIX = "vmtap"
 TAG_PREFIX = "fcnetd:"
-EXCERPT_CHARS = 40
 
 
 def now_rfc3339() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
-
-
-def excerpt(value: object) -> str:
-    """How a message shows a value it refuses: the repr of at most
-    EXCERPT_CHARS characters, so a 1 MB argument cannot become a 1 MB reply
-    or log line and a control character shows escaped (it cannot forge a
-    line). Containers show only their type."""
-    if isinstance(value, str):
-        if len(value) <= EXCERPT_CHARS:
-            return repr(value)
-        return f"{value[:EXCERPT_CHARS]!r}… ({len(value):,} characters)"
-    if isinstance(value, int) and not isinstance(value, bool):
-        return repr(value) if abs(value) < 10 ** EXCERPT_CHARS else f"an integer of {value.bit_length():,} bits"
-    if value is None or isinstance(value, (bool, float)):
-        return repr(value)
-    if isinstance(value, (bytes, bytearray)):
-        return "a bytes value"
-    return f"a {type(value).__name__}"
 
 
 def check_ifname(value: object, field_name: str = "bridge") -> str:
@@ -185,6 +168,58 @@ def check_uid(value: object, field_name: str) -> int:
     return value
 
 
+MODES = ("bridge", "nat")
+
+
+def check_mode(value: object, field_name: str = "mode") -> str:
+    if not isinstance(value, str) or value not in MODES:
+        raise InvalidArgs(field_name, f"{excerpt(value)} must be 'bridge' (layer 2 only) or 'nat' "
+                                      "(fcnetd is the gateway: DHCP, DNS and masquerade)")
+    return value
+
+
+def check_dhcp(value: object, mode: str, field_name: str = "dhcp") -> bool:
+    if not isinstance(value, bool):
+        raise InvalidArgs(field_name, f"must be true or false; got {excerpt(value)}")
+    if value and mode != "nat":
+        raise InvalidArgs(field_name, "only a nat network has fcnetd's DHCP server")
+    return value
+
+
+def check_attachment_address(att: "Attachment", net: "Network", others, where: str = "attachment") -> None:
+    """An attachment read from the registry, against its network: on a nat
+    network it has a MAC and an address that may be had (ipam.allocate's
+    rules) and that no other NIC of `others` has; elsewhere no address.
+    Errors name `where`.field."""
+    try:
+        _check_attachment_address(att, net, others)
+    except InvalidArgs as e:
+        raise _within(where, e) from None
+
+
+def _check_attachment_address(att: "Attachment", net: "Network", others) -> None:
+    if net.mode != "nat":
+        if att.ip:
+            raise InvalidArgs("ip", f"{att.ip} is set, but network {net.name} is a {net.mode} network; "
+                                    "only a nat network has addresses")
+        return
+    if not att.mac:
+        raise InvalidArgs("mac", f"missing: VM NICs on nat network {net.name} have a MAC (their lease's key)")
+    if not att.ip:
+        raise InvalidArgs("ip", f"missing: VM NICs on nat network {net.name} have an address")
+    for other in others:  # canonical strings: equal text is an equal address
+        if other.mac == att.mac:
+            raise InvalidArgs("mac", f"{att.mac} is also the MAC of VM {other.vm_id} NIC {other.nic} "
+                                     f"on network {net.name}")
+        if other.ip == att.ip:
+            raise InvalidArgs("ip", f"{att.ip} is also the address of VM {other.vm_id} NIC {other.nic} "
+                                    f"on network {net.name}")
+    try:
+        ipam.allocate(net.network, set(), ipam.IPv4Address(att.ip))
+    except AddressUnavailable as e:  # the same words, as a record's bad field
+        raise InvalidArgs("ip", str(e).removeprefix("ip: ")) from None
+
+
 def auto_name(bridge: str, vlan: int) -> str:
     return f"{bridge}-vlan-{vlan}" if vlan else bridge
 
@@ -212,9 +247,9 @@ def _within(where: str, e: InvalidArgs) -> InvalidArgs:
 
 
 _NETWORK_REQUIRED = frozenset({"id", "name", "bridge", "vlan", "host", "created", "origin"})
-_NETWORK_FIELDS = _NETWORK_REQUIRED | {"description"}
+_NETWORK_FIELDS = _NETWORK_REQUIRED | {"description", "mode", "subnet", "dhcp"}
 _ATTACHMENT_REQUIRED = frozenset({"vm_id", "nic", "network_id", "attached"})
-_ATTACHMENT_FIELDS = _ATTACHMENT_REQUIRED | {"vm_name", "mac"}
+_ATTACHMENT_FIELDS = _ATTACHMENT_REQUIRED | {"vm_name", "mac", "ip"}
 
 
 @dataclass(frozen=True)
@@ -227,16 +262,31 @@ class Network:
     created: str
     origin: str  # "auto" | "manual"
     description: str = ""
+    # The defaults are a bridge network's, and a record writes these fields
+    # only when they differ (to_dict), so a bridge-only registry reads and
+    # writes as it did before nat mode.
+    mode: str = "bridge"  # "bridge" | "nat"
+    subnet: str = ""  # canonical CIDR or ""; a nat network always has one
+    dhcp: bool = False  # fcnetd's DHCP server: only on a nat network
 
     @property
     def kind(self) -> str:
         return "vlan" if self.vlan else "bridge"
 
+    @functools.cached_property
+    def network(self) -> ipam.IPv4Network | None:
+        return ipam.IPv4Network(self.subnet) if self.subnet else None
+
+    @property
+    def gateway(self) -> str:
+        """fcnetd's address on a nat network (the subnet's first), else ""."""
+        return str(ipam.gateway(self.network)) if self.mode == "nat" else ""
+
     @classmethod
     def new(cls, name: str, bridge: str, vlan: int, host: str, origin: str,
-            description: str = "") -> "Network":
+            description: str = "", mode: str = "bridge", subnet: str = "", dhcp: bool = False) -> "Network":
         return cls(str(uuid.uuid4()), name or auto_name(bridge, vlan), bridge, vlan,
-                   host, now_rfc3339(), origin, description)
+                   host, now_rfc3339(), origin, description, mode, subnet, dhcp)
 
     @classmethod
     def from_dict(cls, d: object, where: str = "network") -> "Network":
@@ -245,17 +295,31 @@ class Network:
         "networks[3].created") and the rule."""
         d = _fields(d, where, _NETWORK_REQUIRED, _NETWORK_FIELDS)
         try:
+            mode = check_mode(d.get("mode", "bridge"))
+            subnet = d.get("subnet", "")
+            if subnet != "":
+                ipam.check_subnet(subnet)
+            elif mode == "nat":
+                raise InvalidArgs("subnet", "missing: a nat network has a subnet")
             return cls(check_uuid(d["id"], "id"), check_name(d["name"]), check_ifname(d["bridge"]),
                        check_vlan(d["vlan"]), check_host(d["host"]), check_timestamp(d["created"], "created"),
-                       check_origin(d["origin"]), check_description(d.get("description", "")))
+                       check_origin(d["origin"]), check_description(d.get("description", "")),
+                       mode, subnet, check_dhcp(d.get("dhcp", False), mode))
         except InvalidArgs as e:
             raise _within(where, e) from None
 
     def to_dict(self) -> dict:
         # explicit, not dataclasses.asdict(): that deep-copies and is 5x slower
-        return {"id": self.id, "name": self.name, "bridge": self.bridge, "vlan": self.vlan,
-                "host": self.host, "created": self.created, "origin": self.origin,
-                "description": self.description}
+        d = {"id": self.id, "name": self.name, "bridge": self.bridge, "vlan": self.vlan,
+             "host": self.host, "created": self.created, "origin": self.origin,
+             "description": self.description}
+        if self.mode != "bridge":
+            d["mode"] = self.mode
+        if self.subnet:
+            d["subnet"] = self.subnet
+        if self.dhcp:
+            d["dhcp"] = True
+        return d
 
 
 @dataclass(frozen=True)
@@ -266,6 +330,7 @@ class Attachment:
     vm_name: str = ""
     mac: str = ""
     attached: str = field(default_factory=now_rfc3339)
+    ip: str = ""  # on a nat network: the VM NIC's address (its static lease); else ""
 
     @property
     def key(self) -> tuple[str, str]:
@@ -273,20 +338,26 @@ class Attachment:
 
     @classmethod
     def from_dict(cls, d: object, where: str = "attachment") -> "Attachment":
-        """As Network.from_dict; vm_name and mac may be empty (not given)."""
+        """As Network.from_dict; vm_name, mac and ip may be empty (not
+        given, or not on a nat network). Whether the address fits its
+        network is check_attachment_address's to say."""
         d = _fields(d, where, _ATTACHMENT_REQUIRED, _ATTACHMENT_FIELDS)
-        vm_name, mac = d.get("vm_name", ""), d.get("mac", "")
+        vm_name, mac, ip = d.get("vm_name", ""), d.get("mac", ""), d.get("ip", "")
         try:
             return cls(check_id(d["vm_id"], "vm_id"), check_nic(d["nic"]), check_uuid(d["network_id"], "network_id"),
                        check_name(vm_name, "vm_name") if vm_name != "" else "",
                        check_mac(mac) if mac != "" else "",
-                       check_timestamp(d["attached"], "attached"))
+                       check_timestamp(d["attached"], "attached"),
+                       str(ipam.check_ip(ip)) if ip != "" else "")
         except InvalidArgs as e:
             raise _within(where, e) from None
 
     def to_dict(self) -> dict:
-        return {"vm_id": self.vm_id, "nic": self.nic, "network_id": self.network_id,
-                "vm_name": self.vm_name, "mac": self.mac, "attached": self.attached}
+        d = {"vm_id": self.vm_id, "nic": self.nic, "network_id": self.network_id,
+             "vm_name": self.vm_name, "mac": self.mac, "attached": self.attached}
+        if self.ip:
+            d["ip"] = self.ip
+        return d
 
 
 def load_json(text: str | bytes, what: str) -> object:

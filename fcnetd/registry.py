@@ -30,7 +30,7 @@ from . import faultpoint
 from .atomicfile import write_atomic
 from .errors import Internal, InvalidArgs
 from .journal import Journal, JournalError
-from .model import Attachment, Network, check_registry_document, excerpt, load_json
+from .model import Attachment, Network, check_attachment_address, check_registry_document, excerpt, load_json
 
 log = logging.getLogger("fcnetd.registry")
 SCHEMA = 2  # 2: registry.json carries `seq` and is continued by registry.journal
@@ -76,7 +76,7 @@ def parse(text: str | bytes, where: str) -> Snapshot:
             state.add_network(net)
         for i, raw in enumerate(doc.attachments):
             att = Attachment.from_dict(raw, f"attachments[{i}]")
-            if (why := state.attachment_conflict(att)) is not None:
+            if (why := state.attachment_conflict(att, f"attachments[{i}]")) is not None:
                 raise RegistryError(f"{where}: {why}; fix or move it aside")
             state.add_attachment(att)
     except InvalidArgs as e:
@@ -113,11 +113,16 @@ class State:
             return f"networks {self.by_key[(net.host, net.bridge, net.vlan)].name} and {net.name} share host, bridge and VLAN"
         return None
 
-    def attachment_conflict(self, att: Attachment) -> str | None:
+    def attachment_conflict(self, att: Attachment, where: str = "attachment") -> str | None:
         if att.network_id not in self.networks:
             return f"attachment {att.vm_id}/{att.nic} names unknown network {att.network_id}"
         if att.key in self.attachments:
             return f"attachment {att.vm_id}/{att.nic} appears twice"
+        try:
+            check_attachment_address(att, self.networks[att.network_id],
+                                     self.by_network.get(att.network_id, {}).values(), where)
+        except InvalidArgs as e:
+            return str(e)
         return None
 
     def add_network(self, net: Network) -> None:

@@ -26,7 +26,12 @@ SIGNAL_COALESCE_SECONDS = 0.05
 PING_SECONDS = 5.0  # a caller still reading its replies answers sooner
 LIST_CACHE_BYTES = 8 << 20  # ListNetworks replies kept, one per filter (all 4,094 networks: 1.9 MB)
 LIST_CACHE_ENTRIES = 64  # and at most this many of them: a distinct search costs ~1 KB of bookkeeping
-FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str)}
+FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str), "mode": ("s", str)}
+ADDRESSING_OPTIONS = {"mode": ("s", str), "subnet": ("s", str), "dhcp": ("b", bool)}
+CREATE_OPTIONS = {"description": ("s", str), **ADDRESSING_OPTIONS}
+ATTACH_OPTIONS = {"vm_name": ("s", str), "nic": ("s", str), "mac": ("s", str), "ip": ("s", str),
+                  **ADDRESSING_OPTIONS}
+TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
@@ -90,7 +95,7 @@ def parse_options(given: dict, spec: dict) -> dict:
             raise InvalidArgs(name, f"unknown option; known options are {', '.join(sorted(spec))}")
         sig, kind = spec[key]
         if variant.signature != sig:
-            raise InvalidArgs(key, f"must be of D-Bus type '{sig}', got '{variant.signature}'")
+            raise InvalidArgs(key, f"must be of D-Bus type '{sig}' ({TYPE_NAMES[sig]}), got '{variant.signature}'")
         out[key] = variant.value
     return out
 
@@ -503,17 +508,17 @@ class Manager(ServiceInterface):
 
     # -- ListNetworks, CountNetworks, GetNetwork --------------------------------
     @staticmethod
-    def _query(filter: dict) -> tuple[str, str, str, int, int]:
+    def _query(filter: dict) -> tuple[str, str, str, str, int, int]:
         f = parse_options(filter, LIST_OPTIONS)
-        return (f.get("search", ""), f.get("type", ""), f.get("bridge", ""), f.get("offset", 0),
-                f.get("limit", 0))
+        return (f.get("search", ""), f.get("type", ""), f.get("bridge", ""), f.get("mode", ""),
+                f.get("offset", 0), f.get("limit", 0))
 
-    def _select(self, query: tuple[str, str, str, int, int]) -> list[Network]:
-        search, kind, bridge, offset, limit = query
-        nets = self.engine.list_networks(search, kind, bridge)
+    def _select(self, query: tuple[str, str, str, str, int, int]) -> list[Network]:
+        search, kind, bridge, mode, offset, limit = query
+        nets = self.engine.list_networks(search, kind, bridge, mode)
         return nets[offset:offset + (limit or len(nets))]
 
-    def _list_body(self, query: tuple[str, str, str, int, int]) -> bytes:
+    def _list_body(self, query: tuple[str, str, str, str, int, int]) -> bytes:
         """The marshalled reply, kept per query until anything listed changes:
         the web UI and scripts ask the same questions again and again. Every
         reply kept is of the current version, so a move clears them all, and
@@ -536,7 +541,8 @@ class Manager(ServiceInterface):
 
     def _count(self, filter: dict) -> int:
         f = parse_options(filter, FILTER_OPTIONS)
-        return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", "")))
+        return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", ""),
+                                             f.get("mode", "")))
 
     def _network(self, ref: str) -> dict:
         return variants(self.engine, self.engine.find_network(ref))
@@ -547,8 +553,10 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def CreateNetwork(self, name: "s", bridge: "s", vlan: "q", options: "a{sv}") -> "o":
-        opts = parse_options(options, {"description": ("s", str)})
-        net = await self.engine.create_network(name, bridge, vlan, opts.get("description", ""))
+        opts = parse_options(options, CREATE_OPTIONS)
+        net = await self.engine.create_network(name, bridge, vlan, opts.get("description", ""),
+                                               mode=opts.get("mode", "bridge"), subnet=opts.get("subnet", ""),
+                                               dhcp=opts.get("dhcp"))
         return self._path(net)
 
     @method()
@@ -580,9 +588,10 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def AttachVm(self, vm_id: "s", bridge: "s", vlan: "q", options: "a{sv}") -> "o":
-        opts = parse_options(options, {"vm_name": ("s", str), "nic": ("s", str), "mac": ("s", str)})
+        opts = parse_options(options, ATTACH_OPTIONS)
         net = await self.engine.attach_vm(vm_id, bridge, vlan, opts.get("vm_name", ""),
-                                          opts.get("nic", "eth0"), opts.get("mac", ""))
+                                          opts.get("nic", "eth0"), opts.get("mac", ""), opts.get("ip", ""),
+                                          opts.get("mode"), opts.get("subnet"), opts.get("dhcp"))
         return self._path(net)
 
     @method()

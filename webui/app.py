@@ -31,7 +31,8 @@ PAGE_SIZE = 50
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 HTTP_STATUS = {"InvalidArgs": 400, "NetworkExists": 409, "NetworkInUse": 409, "NoSuchNetwork": 404,
-               "BridgeNotAllowed": 400, "BridgeNotFound": 400, "VlanUnsupported": 400, "AccessDenied": 403}
+               "BridgeNotAllowed": 400, "BridgeNotFound": 400, "VlanUnsupported": 400, "AccessDenied": 403,
+               "SubnetConflict": 409, "AddressUnavailable": 409}
 
 
 def error_name(e: DBusError) -> str:
@@ -233,6 +234,13 @@ class App:
         opts = {}
         if body.get("description"):
             opts["description"] = Variant("s", str(body["description"]))
+        # mode and subnet go to fcnetd as given: its answer names the rule
+        for key in ("mode", "subnet"):
+            value = body.get(key) or ""
+            if not isinstance(value, str):
+                return web.json_response({"error": f"{key} must be text", "field": key}, status=400)
+            if value.strip():
+                opts[key] = Variant("s", value.strip())
         try:
             (path,) = await h.m("CreateNetwork", "ssqa{sv}", name, bridge, vlan, opts)
         except DBusError as e:

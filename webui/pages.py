@@ -63,7 +63,7 @@ def networks(session) -> str:
 <table class="grid" id="networks">
   <thead><tr>
     <th scope="col">Network Name</th><th scope="col" class="host-col" hidden>Host</th>
-    <th scope="col">Bridge</th><th scope="col">VLAN ID</th>
+    <th scope="col">Bridge</th><th scope="col">VLAN ID</th><th scope="col">Mode</th>
     <th scope="col" aria-sort="none"><button type="button" id="sort-vms" class="sort">Attached VMs <span aria-hidden="true">↕</span></button></th>
     <th scope="col">Created</th><th scope="col"><span class="sr">Actions</span></th>
   </tr></thead>
@@ -86,6 +86,12 @@ def networks(session) -> str:
     <label for="c-vlan">VLAN ID (optional)</label>
     <input id="c-vlan" name="vlan" type="number" min="1" max="4094" inputmode="numeric" placeholder="None">
     <p class="hint">1–4094; empty for an untagged network. 4095 is reserved.</p>
+    <label for="c-mode">Mode</label>
+    <select id="c-mode" name="mode"><option value="bridge">Bridge (layer 2 only)</option>
+      <option value="nat">NAT (DHCP and internet via fcnetd)</option></select>
+    <label for="c-subnet">Subnet (optional)</label>
+    <input id="c-subnet" name="subnet" placeholder="Automatic" maxlength="18" inputmode="decimal">
+    <p class="hint" id="c-subnet-hint">An IPv4 network such as 10.213.5.0/24, /16 to /29. NAT: empty for a free /24 of fcnetd's pool.</p>
     <label for="c-description">Description (optional)</label>
     <input id="c-description" name="description" maxlength="256">
     <p id="create-error" class="error" role="alert" hidden></p>
@@ -113,13 +119,15 @@ def network(session, host: str, net_id: str) -> str:
   <p id="d-gone" class="error" role="alert" hidden>This network was deleted.</p>
   <dl class="facts">
     <dt>Bridge</dt><dd id="d-bridge"></dd><dt>VLAN ID</dt><dd id="d-vlan"></dd>
+    <dt>Mode</dt><dd id="d-mode"></dd><dt>Subnet</dt><dd id="d-subnet" class="mono"></dd>
+    <dt>Gateway</dt><dd id="d-gateway" class="mono"></dd>
     <dt>Status</dt><dd id="d-status"></dd><dt>Created</dt><dd id="d-created"></dd>
     <dt>Origin</dt><dd id="d-origin"></dd><dt>Host</dt><dd id="d-host"></dd>
     <dt>Network ID</dt><dd id="d-id" class="mono"></dd><dt>Description</dt><dd id="d-description"></dd>
   </dl>
   <h2>VMs using this network <span id="d-count" class="count"></span></h2>
   <table class="grid" id="vms"><thead><tr><th scope="col">VM</th><th scope="col">VM ID</th><th scope="col">NIC</th>
-    <th scope="col">MAC</th><th scope="col">State</th><th scope="col">TAP device</th><th scope="col">Attached</th></tr></thead>
+    <th scope="col">Address</th><th scope="col">MAC</th><th scope="col">State</th><th scope="col">TAP device</th><th scope="col">Attached</th></tr></thead>
     <tbody></tbody></table>
   <p id="no-vms" class="empty" hidden>No VMs are attached. The network can be deleted.</p>
 </div>""", session, page="network")

@@ -123,9 +123,9 @@ def test_fcnetctl_table_and_json(daemon, bus, client):
     fcnetctl(bus.address, "create", "fcbr0")
     fcnetctl(bus.address, "attach", "vm-7", "fcbr1", "--vm-name", "db")
     out = fcnetctl(bus.address, "list").stdout.splitlines()
-    assert out[0].split() == ["NETWORK", "BRIDGE", "VLAN", "VMS", "CREATED"]
-    assert out[1].split()[:3] == ["fcbr1", "fcbr1", "1"]
-    assert out[2].split()[:3] == ["fcbr0", "fcbr0", "0"]
+    assert out[0].split() == ["NETWORK", "BRIDGE", "VLAN", "MODE", "SUBNET", "VMS", "CREATED"]
+    assert out[1].split()[:4] == ["fcbr1", "fcbr1", "bridge", "1"]
+    assert out[2].split()[:4] == ["fcbr0", "fcbr0", "bridge", "0"]
     assert out[-1] == "2 networks listed."
     data = json.loads(fcnetctl(bus.address, "--json", "list").stdout)
     assert [n["Name"] for n in data] == ["fcbr1", "fcbr0"]

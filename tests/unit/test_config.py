@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from fcnetd.config import ConfigError, load, parse
@@ -29,19 +31,31 @@ def test_full_file(tmp_path):
     assert cfg.bridges["br0"].create is False
 
 
+def test_nat_pool_defaults_and_is_read(tmp_path):
+    assert str(parse({}).nat_pool) == "10.213.0.0/16"
+    p = tmp_path / "c.toml"
+    p.write_text('[nat]\npool = "192.168.64.0/20"\n')
+    assert str(load(str(p)).nat_pool) == "192.168.64.0/20"
+
+
 @pytest.mark.parametrize("text,message", [
     ("[bridges.fcbr0]\ncreate = 1\n", "bridges.fcbr0.create: must be a bool"),
     ("[bridges.fcbr0]\nmtu = 10\n", "out of range"),
     ("[bridges.fcbr0]\ncolour = 1\n", "unknown key"),
     ('[bridges."a/b"]\n', "must not contain"),
     ("[daemon]\nmetrics = \"nope\"\n", "HOST:PORT"),
-    ("[nat]\n", "unknown table"),
+    ("[natt]\n", "unknown table"),
+    ("[nat]\npool = \"10.213.0.0/25\"\n", "nat.pool: 10.213.0.0/25 has prefix /25; it must be an IPv4 network"),
+    ("[nat]\npool = \"10.213.0.1/16\"\n", "nat.pool: 10.213.0.1/16 has host bits set; did you mean 10.213.0.0/16?"),
+    ("[nat]\npool = \"10.213.0.0/7\"\n", "prefix /8 to /24"),
+    ("[nat]\npool = 5\n", "nat.pool: must be a str"),
+    ("[nat]\nsize = 24\n", "nat]: unknown key(s) 'size'"),
     ("[bridges.fcbr0\n", "fcnetd.toml"),
 ])
 def test_bad_config_is_explained(tmp_path, text, message):
     p = tmp_path / "fcnetd.toml"
     p.write_text(text)
-    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         load(str(p))
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from fcnetd.metrics import COUNTER_FIELDS, Exposition, Snapshot, TapRow, build
+from fcnetd.metrics import COUNTER_FIELDS, NETWORK_LABELS, Exposition, Snapshot, TapRow, build
 from fcnetd.procstats import Counters
 
 CONTRIB = Path(__file__).parents[2] / "contrib"
@@ -34,7 +34,8 @@ def test_rules_unit_tests_pass():
 
 
 def exported_names() -> set[str]:
-    snap = Snapshot(taken=0, host="h", networks=(("n", "id", "fcbr0", 0, "auto", "h", "bridge", 1, 1),),
+    labels = tuple("n" if label == "network" else "x" for label in NETWORK_LABELS)
+    snap = Snapshot(taken=0, host="h", networks=((labels, "bridge", 1, 1),),
                     taps=(TapRow("vmtap1", "vm", "eth0", "n", True, True, Counters(*range(8))),),
                     bridges=(("fcbr0", True, True, False),), requests={("X", "ok"): 1},
                     latency_buckets={}, latency_count=1, latency_sum=0.1, registry_writes={"ok": 1},

@@ -99,6 +99,7 @@
         ...(multiHost ? [el("td", {}, n.host)] : []),
         el("td", { class: "mono" }, n.bridge),
         el("td", {}, n.vlan ? String(n.vlan) : ""),
+        el("td", { class: "mode" }, n.mode),
         el("td", { class: "num" }, String(n.vm_count)),
         el("td", {}, when(n.created)),
         actions);
@@ -193,6 +194,9 @@
         if (!Number.isInteger(v) || v < 1 || v > 4094) msg = `VLAN ID: ${vlan.value} is out of range: 1-4094 (4095 is reserved), or empty for none.`;
       }
       if (!msg && name.value && !name.checkValidity()) msg = "Network name: use letters, digits, '.', '_' and '-', starting with a letter or digit.";
+      // Only the shape: whether the subnet is free, and its exact rules, are fcnetd's to say.
+      const subnet = $("#c-subnet").value.trim();
+      if (!msg && subnet && !/^\d{1,3}(\.\d{1,3}){3}\/\d{1,2}$/.test(subnet)) msg = "Subnet: write an IPv4 network such as 10.213.5.0/24, or leave it empty.";
       if (!msg && !$("#c-bridge").value) msg = "Bridge: choose a bridge.";
       err.textContent = msg;
       err.hidden = !msg;
@@ -203,7 +207,8 @@
       ev.preventDefault();
       if (!browserCheck()) return;
       const body = { name: $("#c-name").value.trim(), host: $("#c-host").value, bridge: $("#c-bridge").value,
-                     vlan: $("#c-vlan").value.trim(), description: $("#c-description").value.trim() };
+                     vlan: $("#c-vlan").value.trim(), description: $("#c-description").value.trim(),
+                     mode: $("#c-mode").value, subnet: $("#c-subnet").value.trim() };
       try {
         const data = await api("POST", "/api/networks", body);
         $("#create-dialog").close();
@@ -261,6 +266,9 @@
       $("#d-name").textContent = n.name;
       $("#d-bridge").textContent = n.bridge;
       $("#d-vlan").textContent = n.vlan ? String(n.vlan) : "None (untagged)";
+      $("#d-mode").textContent = n.mode === "nat" ? `nat (DHCP ${n.dhcp ? "on" : "off"})` : "bridge";
+      $("#d-subnet").textContent = n.subnet || "—";
+      $("#d-gateway").textContent = n.gateway || "—";
       $("#d-status").textContent = n.status;
       $("#d-status").className = `status ${n.status}`;
       $("#d-created").textContent = when(n.created);
@@ -271,7 +279,7 @@
       $("#d-count").textContent = `(${n.vm_count})`;
       $("#vms tbody").replaceChildren(...n.vms.map((v) => el("tr", {},
         el("td", {}, v.vm_name || "—"), el("td", { class: "mono" }, v.vm_id), el("td", {}, v.nic),
-        el("td", { class: "mono" }, v.mac || "—"),
+        el("td", { class: "mono" }, v.ip || "—"), el("td", { class: "mono" }, v.mac || "—"),
         el("td", {}, el("span", { class: `state ${v.state}` }, v.state)),
         el("td", { class: "mono" }, v.tap || "—"), el("td", {}, when(v.attached)))));
       $("#no-vms").hidden = n.vms.length > 0;
