@@ -93,7 +93,7 @@ def command(directory: str, network_id: str, port: str, subnet: IPv4Network, gat
 
 def hosts_text(hosts: Mapping[str, str]) -> str:
     """The hosts file for static leases: MAC -> address."""
-    return "".join(f"{mac.lower()},{ip}\n" for mac, ip in sorted(hosts.items()))
+    return "".join(f"{mac},{ip}\n" for mac, ip in sorted((mac.lower(), ip) for mac, ip in hosts.items()))
 
 
 def parse_leases(text: str) -> list[tuple[str, str]]:

@@ -109,10 +109,11 @@ def state_dir():
     # reach the hosts files, and pytest's tmp_path lies in a 0700 directory.
     path = tempfile.mkdtemp(prefix="fcnetd-nat-")
     yield path
-    for pidfile in _pidfiles(path):
-        pid = _pid(pidfile)
-        if pid and any(path in arg for arg in cmdline(pid)):
-            os.kill(pid, signal.SIGKILL)  # a dnsmasq this test's plane left running
+    # A dnsmasq a failed test left running: only processes serving this
+    # test's own directory (a fresh temp name) are ours to end.
+    for pid in (int(p) for p in os.listdir("/proc") if p.isdigit()):
+        if any(arg.startswith(f"--dhcp-leasefile={path}/") for arg in cmdline(pid)):
+            os.kill(pid, signal.SIGKILL)
     shutil.rmtree(path)
 
 
@@ -149,12 +150,6 @@ def fcnetd_addresses(ns: Netns) -> list[tuple[str, str, int]]:
 
 def sysctl_ip_forward(ns: Netns) -> str:
     return run(["ip", "netns", "exec", ns.name, "cat", "/proc/sys/net/ipv4/ip_forward"]).stdout.strip()
-
-
-def _pidfiles(state_dir: str) -> list[str]:
-    directory = os.path.join(state_dir, "nat")
-    return [os.path.join(directory, f) for f in os.listdir(directory) if f.endswith(".pid")] \
-        if os.path.isdir(directory) else []
 
 
 def _pid(pidfile: str) -> int | None:
