@@ -369,3 +369,39 @@ def test_close_stops_dnsmasq_and_keeps_table_addresses_and_leases(host, guest, p
     assert ("fcbr0", f"{GATEWAY1}/24", 0xFC) in fcnetd_addresses(host)
     with open(os.path.join(state_dir, "nat", f"{NET1['id']}.leases")) as f:
         assert MAC1 in f.read()
+
+
+def test_a_vm_reaches_the_outside_masqueraded_and_is_counted_across_rebuilds(host, guest, planes):
+    """The "internet" is a namespace at 203.0.113.1 with no route back to
+    the nat subnet: its echo replies come back only because the host
+    masqueraded the VM's address. The host itself answers the VM only at
+    its gateway."""
+    outside = Netns()
+    try:
+        host.ip("link", "add", "out0", "type", "veth", "peer", "name", "o0", "netns", outside.name)
+        host.ip("addr", "add", "203.0.113.2/24", "dev", "out0")
+        host.ip("link", "set", "out0", "up")
+        outside.ip("addr", "add", "203.0.113.1/24", "dev", "o0")
+        outside.ip("link", "set", "o0", "up")
+        plane = planes()
+        plane.call("network_added", net=NET1, networks=[NET1])
+        guest.ip("addr", "add", "10.213.0.5/24", "dev", "g0")
+        guest.ip("route", "add", "default", "via", GATEWAY1)
+
+        def ping(address: str = "203.0.113.1") -> bool:
+            return run(["ip", "netns", "exec", guest.name, "busybox", "ping", "-c", "1", "-W", "1", address],
+                       check=False).returncode == 0
+        assert wait_for(ping, what="an answer from outside")
+        assert ping(GATEWAY1)
+        assert not ping("192.0.2.1"), "the admin's address on the bridge answers the VM"
+        assert not ping("203.0.113.2"), "the host's outside address answers the VM"
+        out, back = (f"nat_1a2b3c4d_{d}" for d in ("out", "in"))
+        counters = plane.call("snapshot")[NET1["id"]]["counters"]
+        assert counters[out][0] >= 1 and counters[back][0] >= 1, counters
+
+        plane.call("network_added", net=NET2, networks=[NET1, NET2])  # the table is rebuilt
+        kept = plane.call("snapshot")[NET1["id"]]["counters"]
+        assert kept[out][0] >= counters[out][0] and kept[back][0] >= counters[back][0], (counters, kept)
+        assert ping()
+    finally:
+        outside.delete()
