@@ -207,7 +207,7 @@ class Dnsmasq:
 
     def __init__(self, state_dir: str, directory: str, network_id: str, name: str, port: str,
                  subnet: IPv4Network, gateway: IPv4Address):
-        self.state_dir, self.directory, self.network_id, self.name = state_dir, directory, network_id, name
+        self.state_dir, self.directory, self.name = state_dir, directory, name
         self.port, self.gateway = port, str(gateway)
         self.runs_as, group = user()
         self.argv = command(directory, network_id, port, subnet, gateway, self.runs_as.pw_name, group)

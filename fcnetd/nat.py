@@ -269,16 +269,21 @@ class NatPlane:
                 await server.update(hosts)
                 counts["adopted"] += 1
                 continue
-            server = self._dnsmasq[network_id] = self._new_dnsmasq(net)
-            outcome = await server.adopt(hosts)
-            if outcome == "adopted":
-                counts["adopted"] += 1
-                continue
-            counts["drift"] += 1
-            if outcome == "replaced":
-                continue
             try:
-                await server.start(hosts)
+                server = self._new_dnsmasq(net)
+            except FcnetError as e:
+                log.error("nat network %s: %s", net.name, e)
+                counts["error"] += 1
+                continue
+            self._dnsmasq[network_id] = server
+            try:
+                outcome = await server.adopt(hosts)
+                if outcome == "adopted":
+                    counts["adopted"] += 1
+                    continue
+                counts["drift"] += 1
+                if not outcome:
+                    await server.start(hosts)
             except FcnetError as e:
                 log.error("nat network %s: %s; trying again", net.name, e)
                 counts["error"] += 1

@@ -143,8 +143,9 @@ def fcnetd_addresses(ns: Netns) -> list[tuple[str, str, int]]:
     out = ns.python("import json, socket\n"
                     "from pyroute2 import IPRoute\n"
                     "with IPRoute() as ipr:\n"
-                    "    print(json.dumps([(socket.if_indextoname(a['index']), f\"{a.get('IFA_LOCAL')}/{a['prefixlen']}\","
-                    " a.get('IFA_PROTO') or 0) for a in ipr.get_addr(family=socket.AF_INET)]))")
+                    "    print(json.dumps([(socket.if_indextoname(a['index']),\n"
+                    "                       f\"{a.get('IFA_LOCAL')}/{a['prefixlen']}\", a.get('IFA_PROTO') or 0)\n"
+                    "                      for a in ipr.get_addr(family=socket.AF_INET)]))")
     return [tuple(a) for a in json.loads(out)]
 
 
@@ -321,7 +322,8 @@ def test_converge_after_a_crash_adopts_what_stays_and_reaps_the_rest(host, guest
 
     assert dnsmasq_pid(state_dir, NET1) == pid1, "the running dnsmasq was not adopted"
     assert not exists(pid2) or not cmdline(pid2), "the gone network's dnsmasq still runs"
-    assert sorted(os.listdir(os.path.join(state_dir, "nat"))) == [f"{NET1['id']}.{s}" for s in ("hosts", "leases", "pid")]
+    files = sorted(os.listdir(os.path.join(state_dir, "nat")))
+    assert files == [f"{NET1['id']}.{suffix}" for suffix in ("hosts", "leases", "pid")]
     assert [a for a in fcnetd_addresses(host) if a[2] == 0xFC] == [("fcbr0", f"{GATEWAY1}/24", 0xFC)]
     assert "10.213.1.0/24" not in ruleset(host) and "10.213.0.0/24" in ruleset(host)
     assert nft(host, "list table inet admin") == admin_rules
