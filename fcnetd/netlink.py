@@ -18,6 +18,7 @@ import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from ipaddress import IPv4Interface, IPv4Network
 
 from pyroute2 import AsyncIPRoute, IPRoute
 from pyroute2.netlink import NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST
@@ -29,13 +30,22 @@ from . import faultpoint, tundev
 from .errors import BridgeFull, BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
 from .model import parse_tap_tag, tap_tag
 from .rawnetlink import (AF_BRIDGE, IFF_UP, RTEXT_FILTER_BRVLAN, RTM_GETLINK, RTM_NEWLINK, SO_RCVBUFFORCE,
-                         LinkEvent, RequestSocket, latest_link_events, parse_port_vlans)
+                         LinkEvent, RequestSocket, latest_link_events, parse_link_events, parse_port_vlans)
 
 VLAN_UNSUPPORTED_HINT = (
     "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); "
     "tagged networks need it, and fcnetd will not put them on a shared segment. "
     "Boot a kernel with bridge VLAN filtering (Debian's linux-image-amd64 has it) "
     "or use an untagged network")
+NO_8021Q_HINT = (
+    "this kernel has no 802.1Q VLAN devices (the 8021q module); a tagged nat network's "
+    "gateway lives on one. Load 8021q (Debian's linux-image-amd64 has it) or use an untagged network")
+
+# IFA_PROTO of every address fcnetd adds (0xfc: "fcnetd"), so reconcile tells
+# its gateway addresses from an admin's, whatever their prefix.
+FCNETD_ADDRESS_PROTO = 0xFC
+BRIDGE_FLAGS_SELF = 2  # IFLA_BRIDGE_FLAGS: the request is for the bridge device itself
+RTN_UNICAST = 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +66,24 @@ class TapState:
     master: int
     up: bool
     carrier: bool
+
+
+@dataclass(frozen=True)
+class Address:
+    """One IPv4 address of the host."""
+    index: int
+    ifname: str
+    interface: IPv4Interface
+    proto: int  # IFA_PROTO; FCNETD_ADDRESS_PROTO for fcnetd's own
+
+
+@dataclass(frozen=True)
+class Route:
+    """One unicast IPv4 route of the host (any table), the default route excepted."""
+    network: IPv4Network
+    index: int  # its output device; 0 for a multipath route
+    ifname: str
+    gateway: str  # "" for a route on the link
 
 
 @dataclass(frozen=True)
@@ -90,6 +118,10 @@ DOING = {
     "vlans": "setting its VLANs",
     "persist": "making it persistent",
     "delete": "deleting it",
+    "vlan_port": "creating it as a VLAN device on bridge {bridge}",
+    "bridge_vlan": "making bridge {bridge} itself a tagged member of the VLAN",
+    "address": "adding an address",
+    "unaddress": "removing an address",
 }
 
 ANY = None
@@ -98,7 +130,8 @@ _TAKEN = "a device of that name already exists and was not created by fcnetd"
 # ANY matches every kind or action. Anything unmatched is Internal with the
 # errno's name. Each reason completes "<kind> <name>: <doing>: ".
 RULES = (
-    ("EOPNOTSUPP", ANY, ("vlan_filtering", "vlans"), VlanUnsupported, VLAN_UNSUPPORTED_HINT),
+    ("EOPNOTSUPP", ANY, ("vlan_filtering", "vlans", "bridge_vlan"), VlanUnsupported, VLAN_UNSUPPORTED_HINT),
+    ("EOPNOTSUPP", ANY, ("vlan_port",), VlanUnsupported, NO_8021Q_HINT),
     ("EEXIST", ("tap",), ("create",), TapExists, _TAKEN),
     ("EBUSY", ("tap",), ("create",), TapExists, _TAKEN),
     ("EBUSY", ANY, ("enslave", "plug"), Internal,
@@ -127,6 +160,15 @@ def translate(e: Exception, device: Device | str, action: str, bridge: str = "")
     name = errno.errorcode.get(code, str(code))
     detail = f" ({os.strerror(code)})" if isinstance(code, int) else ""
     return Internal(f"{context}: the kernel said {name}{detail}")
+
+
+def _ifname(index: int) -> str:
+    """A device's name by index (one ioctl; a dump of every link costs
+    ~0.4 ms per device); "#N" if it vanished meanwhile."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return f"#{index}"
 
 
 def _bridge_state(msg) -> BridgeState:
@@ -409,6 +451,108 @@ class Netlink:
             await self._rt("link", "set", index=index, master=master)
         except NetlinkError as e:
             raise translate(e, what, "enslave", bridge) from e
+
+    # -- addresses, routes and L3 ports (nat networks) --------------------
+    async def addresses(self) -> list[Address]:
+        """Every IPv4 address of the host, from one dump."""
+        found = []
+        for msg in await self._dump("addr", "dump", family=socket.AF_INET):
+            local = msg.get("IFA_LOCAL") or msg.get("IFA_ADDRESS")
+            found.append(Address(msg["index"], msg.get("IFA_LABEL") or _ifname(msg["index"]),
+                                 IPv4Interface(f"{local}/{msg['prefixlen']}"), msg.get("IFA_PROTO") or 0))
+        return found
+
+    async def routes(self) -> list[Route]:
+        """Every unicast IPv4 route of every table but default routes, from
+        one dump (local and broadcast routes are the addresses' own)."""
+        found = []
+        for msg in await self._dump("route", "dump", family=socket.AF_INET):
+            if msg["type"] != RTN_UNICAST or msg["dst_len"] == 0:
+                continue
+            index = msg.get("RTA_OIF") or 0
+            found.append(Route(IPv4Network(f"{msg.get('RTA_DST')}/{msg['dst_len']}"), index,
+                               _ifname(index) if index else "", msg.get("RTA_GATEWAY") or ""))
+        return found
+
+    async def add_address(self, index: int, interface: IPv4Interface, what: Device | str) -> bool:
+        """Adds `interface` to device `index` marked as fcnetd's
+        (FCNETD_ADDRESS_PROTO); False if it was there already."""
+        try:
+            await self._rt("addr", "add", index=index, address=str(interface.ip),
+                           prefixlen=interface.network.prefixlen, proto=FCNETD_ADDRESS_PROTO)
+        except NetlinkError as e:
+            if e.code != errno.EEXIST:
+                raise translate(e, what, "address") from e
+            return False
+        return True
+
+    async def delete_address(self, index: int, interface: IPv4Interface, what: Device | str) -> None:
+        """Removes `interface` from device `index`; one already gone is success."""
+        try:
+            await self._rt("addr", "del", index=index, address=str(interface.ip),
+                           prefixlen=interface.network.prefixlen)
+        except NetlinkError as e:
+            if e.code not in (errno.EADDRNOTAVAIL, errno.ENODEV):
+                raise translate(e, what, "unaddress") from e
+
+    async def ensure_vlan_port(self, bridge: BridgeState, vlan: int, name: str, alias: str) -> tuple[int, bool]:
+        """The L3 port of a tagged network: VLAN device `name` (ifalias
+        `alias`, fcnetd's mark) on the VLAN-aware `bridge`, up, with the
+        bridge itself a tagged member of `vlan` (`bridge vlan add vid N dev
+        BR self`) so the device's frames reach the VLAN's ports. Returns its
+        index and whether it was made now. A device of that name without
+        the mark is refused, never taken over. Only a kernel with 8021q and
+        bridge VLAN filtering can do this."""
+        device = Device("device", name)
+        msg = await self._link(name, "device")
+        created = msg is None
+        if created:
+            try:
+                await self._rt("link", "add", ifname=name, kind="vlan", link=bridge.index, vlan_id=vlan)
+            except NetlinkError as e:
+                if e.code != errno.EEXIST:
+                    raise translate(e, device, "vlan_port", bridge.name) from e
+            msg = await self._link(name, "device")
+            if msg is None:
+                raise Internal(f"{device}: deleted again right after it was created")
+            await self._set_link(msg["index"], ifalias=alias)
+        elif msg.get("ifalias") != alias:
+            raise Internal(f"{device}: {_TAKEN}; fcnetd needs that name for a nat network's gateway")
+        try:
+            await self._rt("vlan_filter", "add", index=bridge.index, vlan_info={"vid": vlan},
+                           vlan_flags=BRIDGE_FLAGS_SELF)
+        except NetlinkError as e:
+            raise translate(e, Device("bridge", bridge.name), "bridge_vlan", bridge.name) from e
+        if not msg["flags"] & IFF_UP:
+            await self.set_up(msg["index"], device)
+        return msg["index"], created
+
+    async def vlan_ports(self, alias_prefix: str) -> dict[str, tuple[int, str]]:
+        """Every VLAN device whose ifalias starts with `alias_prefix`, by
+        name: (index, alias). One dump the kernel filters by kind (a kernel
+        without the vlan kind ignores the filter and sends every link, which
+        rawnetlink's parser walks at little cost), then one request per VLAN
+        device for its alias: a host with thousands of TAPs is not decoded
+        through."""
+        def encode(seq: int) -> bytes:
+            msg = ifinfmsg()
+            msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vlan")]})]
+            msg["header"].update(type=RTM_GETLINK, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=seq)
+            msg.encode()
+            return msg.data
+        try:
+            parts = await self._requests.dump(encode)
+        except OSError as e:
+            raise translate(e, Device("device", "(all VLAN devices)"), "read") from e
+        found = {}
+        for event in (e for data in parts for e in parse_link_events(data)):
+            if event.kind != "vlan":
+                continue
+            msg = await self._link(event.ifname, "device")
+            alias = (msg.get("ifalias") or "") if msg is not None else ""
+            if alias.startswith(alias_prefix):
+                found[event.ifname] = (msg["index"], alias)
+        return found
 
     def _sync_socket(self) -> IPRoute:
         ipr = getattr(self._local, "ipr", None)

@@ -12,6 +12,8 @@ APT_PACKAGES=(
   prometheus prometheus-node-exporter             # promtool, a real Prometheus, the netdev baseline
   chromium                                        # browser tier
   gcc libc6-dev                                   # bench: builds tapfloor.c, CreateTap's physical floor
+  nftables python3-nftables                       # nat networks: libnftables and its binding (fcnetd/firewall.py)
+  dnsmasq-base                                    # nat networks: DHCP and DNS (fcnetd/dnsmasq.py; makes user dnsmasq)
 )
 
 missing=()
@@ -38,3 +40,15 @@ if [ ! -f "$stamp" ] || [ setup.cfg -nt "$stamp" ]; then
   .venv/bin/pip install -q -e '.[test]'
   touch "$stamp"
 fi
+
+# libnftables' Python binding exists only as Debian's python3-nftables (it
+# is not on PyPI, and it must match the installed libnftables1). The venv
+# runs pyenv's Python, which does not see Debian's dist-packages, and must
+# not see all of it (Debian's other modules would shadow the pinned ones).
+# So exactly that one package is exposed: a directory in the venv holding a
+# symlink to it, named by a .pth file (relative: the venv may move with
+# its checkout).
+mkdir -p .venv/debian-nftables
+ln -sfn /usr/lib/python3/dist-packages/nftables .venv/debian-nftables/nftables
+site=$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+echo "../../../debian-nftables" > "$site/debian-nftables.pth"

@@ -1,0 +1,144 @@
+"""fcnetd's nftables table, `inet fcnetd`: rendered from the nat networks as
+text (render, a pure function) and replaced in one libnftables transaction.
+The only module importing nftables (Debian's python3-nftables, the binding
+firewalld uses; tools/bootstrap.sh exposes it to the virtualenv).
+
+The table is wholly fcnetd's and nothing else is read or changed: no other
+table, no chain of anyone else's. Rebuilding it whole from the registry is
+what makes a crash harmless: whatever state a killed daemon left, the next
+apply leaves exactly what the registry implies (`add table` makes the
+`delete` valid when there is none, and the kernel commits all of it or
+nothing). Named counters (nat_<8 hex of id>_{out,in}) survive a rebuild:
+their values are read first and written back as the new counters' start.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from ipaddress import IPv4Address, IPv4Network, collapse_addresses
+
+import nftables
+
+from .errors import Internal
+
+FAMILY, TABLE = "inet", "fcnetd"
+_RESET = f"add table {FAMILY} {TABLE}\ndelete table {FAMILY} {TABLE}\n"
+_COUNTER_VALUES = re.compile(r"packets \d+ bytes \d+")
+
+
+@dataclass(frozen=True)
+class NatNet:
+    """What the firewall needs of one nat network."""
+    id: str
+    subnet: IPv4Network
+    gateway: IPv4Address
+    port: str  # its L3 port: the bridge, or the VLAN device of a tagged network
+
+
+def counter_names(network_id: str) -> tuple[str, str]:
+    """(out, in): packets forwarded from the network, replies let back in."""
+    short = network_id.replace("-", "")[:8].lower()
+    return f"nat_{short}_out", f"nat_{short}_in"
+
+
+def render(nets: Iterable[NatNet], fenced: Iterable[IPv4Network],
+           counters: Mapping[str, tuple[int, int]] | None = None) -> str:
+    """The libnftables command that makes the table what `nets` imply; with
+    no nat network, the command that deletes it. fenced: every subnet of an
+    fcnetd network (bridge networks' included): a nat network may forward
+    to none of them but its own. counters: name -> (packets, bytes) to start
+    the named counters from."""
+    nets = sorted(nets, key=lambda n: n.id)
+    if not nets:
+        return _RESET
+    counters = counters or {}
+    fenced = list(fenced)
+    seen: dict[str, str] = {}
+    lines = [_RESET.rstrip("\n"), f"table {FAMILY} {TABLE} {{"]
+    for net in nets:
+        for name in counter_names(net.id):
+            if seen.setdefault(name, net.id) != net.id:
+                raise Internal(f"nftables: networks {seen[name]} and {net.id} share counter name {name} "
+                               "(the first 8 hex digits of their ids); delete one and create it again")
+            packets, octets = counters.get(name, (0, 0))
+            lines.append(f"\tcounter {name} {{ packets {packets} bytes {octets} }}")
+
+    lines += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;"]
+    lines += [f"\t\tip saddr {n.subnet} ip daddr != {n.subnet} masquerade" for n in nets]
+    lines.append("\t}")
+
+    lines += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
+    for net in nets:
+        out, back = counter_names(net.id)
+        others = list(collapse_addresses(s for s in fenced if not s.overlaps(net.subnet)))
+        lines.append(f'\t\tip daddr {net.subnet} ct state established,related counter name "{back}" accept')
+        if others:
+            # No forwarding between fcnetd networks, whatever their mode.
+            lines.append(f"\t\tip saddr {net.subnet} ip daddr {{ {', '.join(map(str, others))} }} drop")
+        lines.append(f'\t\tip saddr {net.subnet} counter name "{out}" accept')
+        lines.append(f"\t\tip daddr {net.subnet} drop")
+    lines.append("\t}")
+
+    # From a nat network to the host: DHCP (its DISCOVER goes to the
+    # broadcast address), DNS and ICMP to its gateway; nothing else.
+    lines += ["\tchain input {", "\t\ttype filter hook input priority filter; policy accept;"]
+    for net in nets:
+        port = f'iifname "{net.port}"'
+        lines += [f"\t\t{port} ct state established,related accept",
+                  f"\t\t{port} udp dport 67 accept",
+                  f"\t\t{port} ip daddr {net.gateway} udp dport 53 accept",
+                  f"\t\t{port} ip daddr {net.gateway} tcp dport 53 accept",
+                  f"\t\t{port} ip daddr {net.gateway} ip protocol icmp accept",
+                  f"\t\t{port} drop"]
+    lines += ["\t}", "}", ""]
+    return "\n".join(lines)
+
+
+class Firewall:
+    """The table in the kernel of the current network namespace. Every call
+    is one short netlink exchange, made in the caller's thread."""
+
+    def __init__(self):
+        self._nft = nftables.Nftables()
+
+    def _cmd(self, command: str, what: str, json_output: bool = False) -> str:
+        self._nft.set_json_output(json_output)
+        rc, output, error = self._nft.cmd(command)
+        if rc != 0:
+            raise Internal(f"nftables: {what}: {error.strip() or f'libnftables returned {rc}'}")
+        return output
+
+    def listing(self) -> str | None:
+        """The table as nft prints it, counter values left out (they move
+        on their own), or None if there is none."""
+        try:
+            text = self._cmd(f"list table {FAMILY} {TABLE}", "reading table inet fcnetd")
+        except Internal as e:
+            if "No such file or directory" in str(e):
+                return None
+            raise
+        return _COUNTER_VALUES.sub("", text)
+
+    def counters(self) -> dict[str, tuple[int, int]]:
+        """The table's named counters: name -> (packets, bytes); {} without a table."""
+        try:
+            output = self._cmd(f"list counters table {FAMILY} {TABLE}", "reading the counters", json_output=True)
+        except Internal as e:
+            if "No such file or directory" in str(e):
+                return {}
+            raise
+        found = {}
+        for item in json.loads(output or "{}").get("nftables", []):
+            counter = item.get("counter")
+            if counter and counter.get("table") == TABLE:
+                found[counter["name"]] = (counter.get("packets", 0), counter.get("bytes", 0))
+        return found
+
+    def apply(self, nets: Iterable[NatNet], fenced: Iterable[IPv4Network]) -> None:
+        """Replaces the table with what `nets` imply, in one transaction
+        (deletes it when there is no nat network); Internal if refused, and
+        then the kernel kept the table as it was."""
+        self._cmd(render(nets, fenced, self.counters()), "replacing table inet fcnetd")
