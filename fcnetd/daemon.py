@@ -20,6 +20,7 @@ from .bus import connect, request_name
 from .engine import Engine
 from .errors import FcnetError
 from .names import BUS_NAME
+from .nat import NatPlane
 from .netlink import LinkEvent, LinkMonitor, Netlink, bridge_state_of
 from .notify import Notifier
 from .registry import Lock, Registry, RegistryError, parse as parse_registry
@@ -48,8 +49,8 @@ class Daemon:
         self.lock = Lock(self.config.state_dir)
         self.registry = Registry(self.config.state_dir)
         self.netlink = Netlink()
-        # nat=None until the NatPlane (fcnetd/nat.py) is wired in at the NAT merge.
-        self.engine = Engine(self.config, self.registry, self.netlink, nat=None)
+        self.engine = Engine(self.config, self.registry, self.netlink,
+                             nat=NatPlane(self.netlink, self.config.state_dir))
         self.conn = None
         self.gate = None
         self.metrics = None
@@ -234,6 +235,10 @@ class Daemon:
                 self.registry.save_now()  # a stopped daemon leaves registry.json current
             except OSError as e:
                 log.warning("registry journal not folded at stop (%s); it is replayed at the next start", e)
+            # Its dnsmasq processes end with the daemon (their leases stay on
+            # disk); gateways and the nft table stay, so VMs keep their
+            # internet until the next start adopts them.
+            await self.engine.nat.close()
         log.info("stopping; TAPs stay in the kernel and will be adopted at the next start")
 
     def close(self) -> None:

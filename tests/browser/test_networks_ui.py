@@ -281,8 +281,6 @@ def test_create_bridge_network_with_a_subnet_shows_it(admin, stack, shot):
     admin.wait_for_selector("tr[data-name='fcbr0']", state="detached")
 
 
-@pytest.mark.xfail(strict=True, reason="the daemon runs with nat=None until the NatPlane is wired in at the NAT "
-                                       "merge; then this passes and the marker must go")
 def test_create_nat_network_shows_mode_subnet_and_gateway(admin, shot):
     create_in_dialog(admin, "fcbr0", "nat", "10.213.77.0/24")
     try:

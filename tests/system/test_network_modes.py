@@ -49,7 +49,6 @@ def test_an_option_of_the_wrong_type_names_it_and_the_type(stored, client, membe
     ({"subnet": v("s", "x" * 5000)}, "subnet: 'xxxxxxxx"),
     ({"dhcp": v("b", True)}, "dhcp: only a nat network has fcnetd's DHCP server"),
     ({"mode": v("s", "bridge"), "dhcp": v("b", True)}, "dhcp: only a nat network has fcnetd's DHCP server"),
-    ({"mode": v("s", "nat")}, "mode: 'nat' is not available: this fcnetd runs without its NAT plane"),
 ])
 def test_a_bad_option_value_is_refused_naming_the_field_and_the_rule(stored, client, daemon, options, expected):
     err = client.error("CreateNetwork", "ssqa{sv}", "", "fcbr1", 0, options)
@@ -133,8 +132,7 @@ def test_fcnetctl_create_attach_show_list_with_modes(daemon, bus):
     res = fcnetctl(bus.address, "create", "fcbr0", "--mode", "nat", "--subnet", "10.0.0.5/24", check=False)
     assert res.returncode == 1
     assert "subnet: 10.0.0.5/24 has host bits set; did you mean 10.0.0.0/24? (InvalidArgs)" in res.stderr
-    res = fcnetctl(bus.address, "create", "fcbr0", "--mode", "nat", "--no-dhcp", check=False)
-    assert res.returncode == 1 and "mode: 'nat' is not available" in res.stderr
+    created = fcnetctl(bus.address, "create", "fcbr1", "--mode", "nat", "--no-dhcp").stdout
     assert fcnetctl(bus.address, "create", "fcbr0", "--subnet", "192.0.2.0/24").stdout.strip() == "created fcbr0"
     res = fcnetctl(bus.address, "attach", "vm-7", "fcbr0", "--ip", "192.0.2.7", check=False)
     assert res.returncode == 1 and "ip: network fcbr0 is a bridge network" in res.stderr
@@ -149,7 +147,9 @@ def test_fcnetctl_create_attach_show_list_with_modes(daemon, bus):
     listed = fcnetctl(bus.address, "list", "--mode", "bridge").stdout.splitlines()
     assert listed[0].split() == ["NETWORK", "BRIDGE", "VLAN", "MODE", "SUBNET", "VMS", "CREATED"]
     assert listed[1].split()[:5] == ["fcbr0", "fcbr0", "bridge", "192.0.2.0/24", "1"]
-    assert fcnetctl(bus.address, "list", "--mode", "nat").stdout.strip() == "0 networks listed."
+    assert created.strip() == "created fcbr1 (nat 10.213.0.0/24, gateway 10.213.0.1)", created
+    nat = fcnetctl(bus.address, "list", "--mode", "nat").stdout.splitlines()
+    assert nat[1].split()[:4] == ["fcbr1", "fcbr1", "nat", "10.213.0.0/24"] and nat[-1] == "1 network listed.", nat
     data = json.loads(fcnetctl(bus.address, "--json", "show", "fcbr0").stdout)
     assert (data["Mode"], data["Subnet"], data["Gateway"], data["Dhcp"]) == ("bridge", "192.0.2.0/24", "", False)
     assert data["Vms"][0]["Ip"] == "" and data["Vms"][0]["Mac"] == "02:fc:00:00:00:07"

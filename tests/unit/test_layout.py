@@ -6,7 +6,7 @@ import pathlib
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[2] / "fcnetd"
 OWNERS = {"pyroute2": "netlink.py", "dbus_fast": "bus.py", "sdnotify": "notify.py", "pyinotify": "watch.py",
-          "prometheus_client": "metrics.py"}
+          "prometheus_client": "metrics.py", "nftables": "firewall.py"}
 
 
 def test_each_library_has_one_importing_module():
