@@ -5,9 +5,11 @@ namespace, whose capture shows the source a reply would go to. No NAT of
 fcnetd's is involved: these pass on a daemon without nat mode, so when the
 NAT tests fail, the fault is not in the bed."""
 
+import os
+
 import pytest
 
-from .guestnet import OUTSIDE_NAME, DhcpServer, Internet, dnsmasq_pids, guests, internet  # noqa: F401 (fixtures)
+from .guestnet import OUTSIDE_NAME, DhcpServer, Internet, dnsmasq, dnsmasq_pids, guests, internet  # noqa: F401 (fixtures)
 from .harness import Daemon, run, v
 
 MAC = "02:fc:00:00:00:15"
@@ -83,6 +85,20 @@ def test_guest_reaches_the_internet_only_through_a_masquerade(daemon, client, gu
             assert cap.echo_sources(Internet.OUTSIDE) == {Internet.HOST}
 
 
-def test_no_dnsmasq_of_fcnetd_runs_on_a_bridge_only_daemon(daemon, client):
-    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
-    assert dnsmasq_pids(daemon.state_dir) == set()
+def test_dnsmasq_pids_finds_a_dnsmasq_by_its_file_in_the_state_dir(ns, tmp_path):
+    """The NAT tests count fcnetd's dnsmasq processes this way: it must see one."""
+    state = str(tmp_path / "state")
+    os.makedirs(os.path.join(state, "nat"))
+    run(["ip", "-n", ns.name, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1"])
+    ns.ip("addr", "add", "192.0.2.1/24", "dev", "probe0")
+    ns.ip("link", "set", "probe0", "up")
+    proc = dnsmasq(ns.name, str(tmp_path / "dnsmasq.log"), 67, "--interface=probe0", "--port=0",
+                   f"--dhcp-leasefile={os.path.join(state, 'nat', 'net-1.leases')}",
+                   "--dhcp-range=192.0.2.10,192.0.2.20,1h")
+    try:
+        assert dnsmasq_pids(state, "net-1") == dnsmasq_pids(state) == {proc.pid}
+        assert dnsmasq_pids(state, "net-2") == set()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    assert dnsmasq_pids(state) == set()
