@@ -10,7 +10,7 @@ import os
 import pytest
 
 from .guestnet import OUTSIDE_NAME, DhcpServer, Internet, dnsmasq, dnsmasq_pids, guests, internet  # noqa: F401 (fixtures)
-from .harness import Daemon, run, v
+from .harness import Daemon, run, v, wait_for
 
 MAC = "02:fc:00:00:00:15"
 
@@ -53,6 +53,16 @@ def test_guest_without_a_static_host_gets_an_address_from_the_pool(daemon, clien
     with DhcpServer(daemon.ns, "fcbr1", "192.0.2.1/24", ("192.0.2.10", "192.0.2.20")):
         lease = guest.dhcp()
         assert lease is not None and 10 <= int(lease.ip.rsplit(".", 1)[1]) <= 20
+
+
+def test_the_relay_stops_and_its_guest_nic_goes_when_fcnetd_deletes_the_tap(daemon, client, guests):
+    tap, _ = vm_tap(client, "vm-4", "fcbr0")
+    guest = guests(tap)
+    assert guest.netns.link("eth0") is not None
+    client.call("DeleteTap", "ss", "vm-4", "eth0")
+    assert wait_for(lambda: guest.relay.poll() is not None, what="the relay to stop") and guest.relay.returncode == 0
+    assert "is gone" in guest.relay_output()
+    assert guest.netns.link("eth0") is None
 
 
 def test_internet_sees_the_host_address_and_answers_dns(daemon, internet):
