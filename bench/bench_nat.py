@@ -17,11 +17,12 @@ init would.
 from __future__ import annotations
 
 import os
+import signal
 import time
 
 from common import Client, Figure, Sandbox, p50, v
 from fcnetd.bus import DBusError, unwrap
-from tests.system.guestnet import DhcpServer, Guest
+from tests.system.guestnet import DhcpServer, Guest, dnsmasq_pids
 
 MS = 1000.0
 NAT_BRIDGE, BRIDGE_BRIDGE, BASELINE_BRIDGE = "fcbr0", "fcbr1", "fcbr2"
@@ -107,3 +108,5 @@ async def bench_nat(figures: list[Figure], workdir: str, samples: int = 60, roun
         c.close()
     finally:
         sb.close()
+        for pid in dnsmasq_pids(sb.state):  # none after a clean stop; never leave one running
+            os.kill(pid, signal.SIGKILL)

@@ -108,6 +108,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     # A relay outliving whoever started it would hold the VM's TAP open.
     _libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    # Ctrl-C in the demo reaches the whole process group: end as quietly as on SIGTERM.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     try:
         if args.tap_netns:
             enter_netns(args.tap_netns)
