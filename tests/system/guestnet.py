@@ -384,7 +384,8 @@ def dnsmasq(netns: str, log: str, port: int, *args: str) -> subprocess.Popen:
                                 stdout=subprocess.DEVNULL, stderr=logf, stdin=subprocess.DEVNULL)
 
     def up() -> bool:
-        return proc.poll() is not None or bool(run(_netns_exec(netns, "ss", "-Hlnu", f"sport = :{port}")).stdout.strip())
+        listening = run(_netns_exec(netns, "ss", "-Hlnu", f"sport = :{port}")).stdout.strip()
+        return proc.poll() is not None or bool(listening)
     wait_for(up, 10, what=f"dnsmasq in {netns}")
     if proc.poll() is not None:
         with open(log, errors="replace") as f:

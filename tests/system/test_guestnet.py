@@ -9,7 +9,8 @@ import os
 
 import pytest
 
-from .guestnet import OUTSIDE_NAME, DhcpServer, Internet, dnsmasq, dnsmasq_pids, guests, internet  # noqa: F401 (fixtures)
+from .guestnet import guests, internet  # noqa: F401 (fixtures)
+from .guestnet import OUTSIDE_NAME, DhcpServer, Internet, dnsmasq, dnsmasq_pids
 from .harness import Daemon, run, v, wait_for
 
 MAC = "02:fc:00:00:00:15"

@@ -18,7 +18,8 @@ import sys
 
 import pytest
 
-from .guestnet import OUTSIDE_NAME, Internet, dnsmasq_pids, guests, internet  # noqa: F401 (fixtures)
+from .guestnet import guests, internet  # noqa: F401 (fixtures)
+from .guestnet import OUTSIDE_NAME, Internet, dnsmasq_pids
 from .harness import Daemon, fcnetctl, run, v, wait_for
 
 ERR = "org.fcnetd.Network1.Error."
