@@ -88,14 +88,16 @@ def nat_files(state_dir: str) -> list[str]:
 def test_fcnetctl_nat_network_guest_gets_the_reported_address_and_reaches_outside_as_the_host(
         daemon, bus, client, guests, internet):
     ns = daemon.ns
-    assert fcnetctl(bus.address, "create", "fcbr0", "--mode", "nat").stdout.strip() == "created fcbr0"
+    created = fcnetctl(bus.address, "create", "fcbr0", "--mode", "nat").stdout.strip()
+    assert created == f"created fcbr0 (nat {POOL_FIRST}, gateway 10.213.0.1)"
     net = client.call("GetNetwork", "s", "fcbr0")[0]
     assert (net["Mode"], net["Subnet"], net["Gateway"], net["Dhcp"]) == ("nat", POOL_FIRST, "10.213.0.1", True)
     assert ipv4_on(ns, "fcbr0") == ["10.213.0.1/24"]
 
-    fcnetctl(bus.address, "attach", "vm-1", "fcbr0", "--vm-name", "web")
+    attached = fcnetctl(bus.address, "attach", "vm-1", "fcbr0", "--vm-name", "web").stdout.strip()
     tap = fcnetctl(bus.address, "tap-create", "vm-1").stdout.strip()
     vm = vm_entry(client, "fcbr0", "vm-1")
+    assert attached == f"attached vm-1 eth0 ip {vm['Ip']} mac {vm['Mac']}"
     assert vm["Ip"] == "10.213.0.2", "the lowest free address after the gateway"
     assert re.fullmatch(r"02(:[0-9a-f]{2}){5}", vm["Mac"], re.I), vm["Mac"]
     shown = fcnetctl(bus.address, "show", "fcbr0").stdout
