@@ -261,6 +261,7 @@ GROUPS = {
     "attach": "AttachVm / DetachVm at 0 / 10,000 / 100,000 attachments",
     "restart": "restart to READY=1 at 0 / N / 2N TAPs",
     "bulk": "CreateTap p99 while another connection floods bulk reads",
+    "nat": "AttachVm + CreateTap on a nat vs a bridge network; TAP up to the guest's DHCP lease",
 }
 
 
@@ -307,6 +308,9 @@ async def main(args) -> int:
     if "bulk" in only:
         from bench_bulk import bench_bulk
         await bench_bulk(figures, workdir)
+    if "nat" in only:
+        from bench_nat import bench_nat
+        await bench_nat(figures, workdir)
     if "webui" in only:
         try:
             from bench_webui import bench_webui
