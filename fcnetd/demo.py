@@ -17,10 +17,8 @@ import time
 from .testbus import PrivateBus
 
 NETNS = "fcnetd-demo"
-# The NAT part (issue 10): a namespace joined to a VM's TAP by fcnetd.relay
-# gets its address from a nat network and reaches an "outside" namespace.
-# Off until fcnetd has nat mode; `--nat` turns it on for one run.
-NAT_DEMO = False
+# The NAT part: a namespace joined to a VM's TAP by fcnetd.relay gets its
+# address from a nat network and reaches an "outside" namespace.
 VM_NETNS = "fcnetd-demo-vm"
 OUT_NETNS = "fcnetd-demo-out"
 OUTSIDE = "198.51.100.1"  # documentation addresses, only inside the demo's namespaces
@@ -49,9 +47,9 @@ def main(argv=None) -> int:
     p.add_argument("--no-webui", action="store_true", help="run only the bus and the daemon")
     p.add_argument("--seed", action=argparse.BooleanOptionalAction, default=True,
                    help="create a few example networks and VMs (default on)")
-    p.add_argument("--nat", action=argparse.BooleanOptionalAction, default=NAT_DEMO,
+    p.add_argument("--nat", action=argparse.BooleanOptionalAction, default=True,
                    help="a nat network whose VM (a namespace) gets an address by DHCP and reaches "
-                        f"an outside address {OUTSIDE} (default {'on' if NAT_DEMO else 'off'})")
+                        f"an outside address {OUTSIDE} (default on)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("fcnetd-demo: needs root (it creates a network namespace); run ./demo as root", file=sys.stderr)
@@ -162,7 +160,7 @@ def _nat_demo(ctl: list[str], work: str, procs: list[subprocess.Popen]) -> list[
     made = subprocess.run(ctl + ["create", "fcbr2", "--mode", "nat", "--description", "Internet only (NAT)"],
                           capture_output=True, text=True)
     if made.returncode != 0:
-        return [f"  nat:      not shown, this fcnetd has no nat mode ({made.stderr.strip().splitlines()[-1]})"]
+        return [f"  nat:      not shown: {made.stderr.strip().splitlines()[-1]}"]
     for cmd in (["attach", "vm-nat-1", "fcbr2", "--vm-name", "nat-guest"], ["tap-create", "vm-nat-1"]):
         subprocess.run(ctl + cmd, check=True, stdout=subprocess.DEVNULL)
     net = json.loads(subprocess.run(ctl + ["--json", "show", "fcbr2"], check=True, capture_output=True,

@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 APT_PACKAGES=(
   iproute2 dbus dbus-bin systemd util-linux       # ip, dbus-daemon, busctl, setpriv
   python3-venv
-  qemu-system-x86 linux-image-amd64 busybox-static  # kernel tier (virtme-ng boots this kernel)
+  qemu-system-x86 linux-image-amd64 busybox-static  # kernel tier (virtme-ng boots this kernel); udhcpc for guests
+  tcpdump                                         # system tier: what reaches the "internet" namespace
   prometheus prometheus-node-exporter             # promtool, a real Prometheus, the netdev baseline
   chromium                                        # browser tier
   gcc libc6-dev                                   # bench: builds tapfloor.c, CreateTap's physical floor

@@ -9,7 +9,7 @@ from tests.prereq import require
 
 from .harness import Client, Daemon, Netns
 
-REQUIRED = ["ip", "dbus-daemon", "busctl", "setpriv"]
+REQUIRED = ["ip", "dbus-daemon", "busctl", "setpriv", "nft", "dnsmasq", "tcpdump", "busybox"]
 
 
 def pytest_collection_modifyitems(config, items):

@@ -10,6 +10,7 @@ import json
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -81,6 +82,19 @@ class Netns:
         run(["ip", "netns", "del", self.name], check=False)
 
 
+def searchable_above(path: str) -> None:
+    """Lets every user pass through the directories above `path` (o+x: no
+    listing), as an admin must for a state directory whose nat networks run
+    dnsmasq: it drops to user dnsmasq and reads its hosts file from there.
+    pytest makes its temporary directories 0700."""
+    here = os.path.dirname(os.path.abspath(path))
+    while here != "/":
+        mode = os.stat(here).st_mode
+        if not mode & stat.S_IXOTH:
+            os.chmod(here, stat.S_IMODE(mode) | stat.S_IXOTH)
+        here = os.path.dirname(here)
+
+
 class Daemon:
     """The real fcnetd process inside the namespace; waits for READY=1."""
 
@@ -90,6 +104,7 @@ class Daemon:
         self.extra = extra or []
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(os.path.dirname(state_dir.rstrip("/")), f"fcnetd-{next(_counter)}.log")
+        searchable_above(state_dir)
 
     def command(self) -> list[str]:
         cmd = ["ip", "netns", "exec", self.ns.name, sys.executable, "-m", "fcnetd.daemon",
