@@ -90,6 +90,12 @@ def conflict(subnet: IPv4Network, taken: Iterable[tuple[IPv4Network, str]]) -> s
     return None
 
 
+def capacity(subnet: IPv4Network) -> int:
+    """How many VM addresses a nat subnet has: all but the network and
+    broadcast addresses and the gateway."""
+    return subnet.num_addresses - 3
+
+
 def allocate(subnet: IPv4Network, used: set[IPv4Address], wanted: IPv4Address | None = None) -> IPv4Address:
     """A VM's address: `wanted` if it may be had, else the lowest free host
     address after the gateway."""
@@ -113,7 +119,7 @@ def allocate(subnet: IPv4Network, used: set[IPv4Address], wanted: IPv4Address | 
         if address not in used:
             return address
         address += 1
-    raise AddressUnavailable(f"ip: the subnet {subnet} has no free address ({subnet.num_addresses - 3:,} "
+    raise AddressUnavailable(f"ip: the subnet {subnet} has no free address ({capacity(subnet):,} "
                              "VM addresses, all in use); detach a VM or use a network with a larger subnet")
 
 

@@ -21,7 +21,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     InfoMetricFamily, SummaryMetricFamily)
 from prometheus_client.registry import Collector
 
-from . import __version__, procstats
+from . import __version__, ipam, procstats
 from .schema import LABELS
 from .service import LATENCY_BUCKETS
 
@@ -57,6 +57,7 @@ class Snapshot:
     registry_write_seconds: tuple  # (count, sum)
     reconcile: dict
     access_denied: int
+    nat: tuple = ()  # (network, addresses used, free, leases, {"out"/"in": (packets, bytes)}, dnsmasq restarts)
 
 
 def capture(daemon) -> dict:
@@ -77,6 +78,16 @@ def capture(daemon) -> dict:
     bridges = [(name, st is not None, bool(st and st.up), bool(st and st.vlan_filtering))
                for name, st in ((n, engine.bridges.get(n)) for n in engine.config.bridges)]
     stats = daemon.manager.stats
+    plane = engine.nat.snapshot() if engine.nat is not None else {}
+    nat = []
+    for net_id, seen in plane.items():
+        net = reg.networks.get(net_id)
+        if net is None:
+            continue
+        used = sum(1 for a in reg.by_network.get(net_id, {}).values() if a.ip)
+        nat.append((net.name, used, ipam.capacity(net.network) - used, seen["leases"],
+                    {name.rsplit("_", 1)[1]: value for name, value in seen["counters"].items()},  # nat_<id>_out/_in
+                    seen["dnsmasq_restarts"]))
     return {
         "host": engine.host, "networks": tuple(networks), "taps": taps, "bridges": tuple(bridges),
         "requests": dict(stats.count), "latency_buckets": dict(stats.buckets),
@@ -85,6 +96,7 @@ def capture(daemon) -> dict:
         "registry_write_seconds": (engine.stats.registry_write_count, engine.stats.registry_write_sum),
         "reconcile": dict(engine.stats.reconcile),
         "access_denied": daemon.gate.denied if daemon.gate else 0,
+        "nat": tuple(nat),
     }
 
 
@@ -153,6 +165,28 @@ class TapSeries:
         return "".join(out)
 
 
+def _nat_families(rows: tuple):
+    addresses = GaugeMetricFamily("fcnetd_nat_addresses", "VM addresses of a nat network by state.",
+                                  labels=["network", "state"])
+    leases = GaugeMetricFamily("fcnetd_nat_dhcp_leases", "DHCP leases the network's dnsmasq holds.",
+                               labels=["network"])
+    packets = CounterMetricFamily("fcnetd_nat_packets", "Packets forwarded: out of the network, replies in.",
+                                  labels=["network", "direction"])
+    nbytes = CounterMetricFamily("fcnetd_nat_bytes", "Bytes forwarded: out of the network, replies in.",
+                                 labels=["network", "direction"])
+    restarts = CounterMetricFamily("fcnetd_nat_dnsmasq_restarts", "Times the network's dnsmasq was restarted.",
+                                   labels=["network"])
+    for name, used, free, held, counters, restarted in rows:
+        addresses.add_metric([name, "used"], used)
+        addresses.add_metric([name, "free"], free)
+        leases.add_metric([name], held)
+        for direction, (npackets, count) in sorted(counters.items()):
+            packets.add_metric([name, direction], npackets)
+            nbytes.add_metric([name, direction], count)
+        restarts.add_metric([name], restarted)
+    yield from (addresses, leases, packets, nbytes, restarts)
+
+
 class SnapshotCollector(Collector):
     def __init__(self):
         self.snapshot: Snapshot | None = None
@@ -217,6 +251,7 @@ class SnapshotCollector(Collector):
         denied = CounterMetricFamily("fcnetd_access_denied", "Callers refused by the daemon's own check.")
         denied.add_metric([], s.access_denied)
         yield denied
+        yield from _nat_families(s.nat)
         age = GaugeMetricFamily("fcnetd_snapshot_timestamp_seconds", "When these figures were taken.")
         age.add_metric([], s.taken)
         yield age

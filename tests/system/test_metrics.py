@@ -8,6 +8,7 @@ import pytest
 
 from fcnetd.schema import LABELS
 
+from .guestnet import guests, internet  # noqa: F401 (fixtures)
 from .harness import Daemon, v, wait_for
 
 PORT = 9617
@@ -113,3 +114,30 @@ def test_real_prometheus_scrapes_the_daemon(mdaemon, client, tmp_path):
     finally:
         prom.terminate()
         prom.wait(20)
+
+
+def test_a_nat_network_shows_its_addresses_leases_and_forwarded_traffic(mdaemon, client, internet, guests):
+    """Issue 10's metrics: addresses in use and free, the dnsmasq's leases,
+    and the named nft counters of what was forwarded out and let back."""
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {"mode": v("s", "nat"), "subnet": v("s", "10.213.9.0/24")})
+    for vm in ("vm-1", "vm-2"):
+        client.call("AttachVm", "ssqa{sv}", vm, "fcbr0", 0, {})
+    tap = client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})[0]
+    mac = client.call("GetNetwork", "s", "fcbr0")[0]["Vms"][0]["Mac"]
+    guest = guests(tap, mac)
+    assert guest.dhcp() is not None, "the guest got no lease"
+    assert wait_for(lambda: guest.ping("198.51.100.1"), what="an answer from outside")
+    text = wait_scrape(mdaemon, lambda t: 'fcnetd_nat_dhcp_leases{network="fcbr0"} 1.0' in t
+                       and 'fcnetd_nat_packets_total{direction="in",network="fcbr0"} 0.0' not in t)
+    got = series(text, "fcnetd_nat_addresses")
+    assert got['fcnetd_nat_addresses{network="fcbr0",state="used"}'] == 2
+    assert got['fcnetd_nat_addresses{network="fcbr0",state="free"}'] == 251  # 256 - network, gateway, broadcast - 2
+    for direction in ("out", "in"):
+        assert series(text, "fcnetd_nat_packets_total")[
+            f'fcnetd_nat_packets_total{{direction="{direction}",network="fcbr0"}}'] >= 1
+        assert series(text, "fcnetd_nat_bytes_total")[
+            f'fcnetd_nat_bytes_total{{direction="{direction}",network="fcbr0"}}'] >= 84  # one echo at least
+    assert series(text, "fcnetd_nat_dnsmasq_restarts_total") == {
+        'fcnetd_nat_dnsmasq_restarts_total{network="fcbr0"}': 0}
+    res = subprocess.run(["promtool", "check", "metrics"], input=text, capture_output=True, text=True)
+    assert res.returncode == 0, res.stdout + res.stderr
