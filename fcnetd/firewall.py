@@ -8,7 +8,7 @@ table, no chain of anyone else's. Rebuilding it whole from the registry is
 what makes a crash harmless: whatever state a killed daemon left, the next
 apply leaves exactly what the registry implies (`add table` makes the
 `delete` valid when there is none, and the kernel commits all of it or
-nothing). Named counters (nat_<8 hex of id>_{out,in}) survive a rebuild:
+nothing). Named counters (nat_<network id's hex>_{out,in}) survive a rebuild:
 their values are read first and written back as the new counters' start.
 """
 
@@ -19,8 +19,6 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Network, collapse_addresses
-
-import nftables
 
 from .errors import Internal
 
@@ -40,8 +38,13 @@ class NatNet:
 
 def counter_names(network_id: str) -> tuple[str, str]:
     """(out, in): packets forwarded from the network, replies let back in."""
-    short = network_id.replace("-", "")[:8].lower()
+    short = network_id.replace("-", "").lower()
     return f"nat_{short}_out", f"nat_{short}_in"
+
+
+# Never forwarded from a nat network: link-local, where clouds serve their
+# metadata (the host's credentials) at 169.254.169.254 to whoever asks.
+NEVER_FORWARDED = IPv4Network("169.254.0.0/16")
 
 
 def render(nets: Iterable[NatNet], fenced: Iterable[IPv4Network],
@@ -50,48 +53,67 @@ def render(nets: Iterable[NatNet], fenced: Iterable[IPv4Network],
     no nat network, the command that deletes it. fenced: every subnet of an
     fcnetd network (bridge networks' included): a nat network may forward
     to none of them but its own. counters: name -> (packets, bytes) to start
-    the named counters from."""
+    the named counters from.
+
+    Every rule is keyed on the network's L3 port, never on addresses alone:
+    a VM can send any source address, and one outside its subnet is
+    dropped before anything else looks at it. A nat network is IPv4 only:
+    no IPv6 crosses its port to the host or beyond."""
     nets = sorted(nets, key=lambda n: n.id)
     if not nets:
         return _RESET
     counters = counters or {}
     fenced = list(fenced)
-    seen: dict[str, str] = {}
+    ports = ", ".join(f'"{n.port}"' for n in nets)
     lines = [_RESET.rstrip("\n"), f"table {FAMILY} {TABLE} {{"]
     for net in nets:
         for name in counter_names(net.id):
-            if seen.setdefault(name, net.id) != net.id:
-                raise Internal(f"nftables: networks {seen[name]} and {net.id} share counter name {name} "
-                               "(the first 8 hex digits of their ids); delete one and create it again")
             packets, octets = counters.get(name, (0, 0))
             lines.append(f"\tcounter {name} {{ packets {packets} bytes {octets} }}")
 
     lines += ["\tchain postrouting {", "\t\ttype nat hook postrouting priority srcnat; policy accept;"]
-    lines += [f"\t\tip saddr {n.subnet} ip daddr != {n.subnet} masquerade" for n in nets]
+    lines += [f'\t\tiifname "{n.port}" oifname != "{n.port}" ip saddr {n.subnet} masquerade' for n in nets]
     lines.append("\t}")
 
     lines += ["\tchain forward {", "\t\ttype filter hook forward priority filter; policy accept;"]
     for net in nets:
         out, back = counter_names(net.id)
+        port = f'"{net.port}"'
         others = list(collapse_addresses(s for s in fenced if not s.overlaps(net.subnet)))
-        lines.append(f'\t\tip daddr {net.subnet} ct state established,related counter name "{back}" accept')
+        # First: where br_netfilter is loaded, frames the bridge forwards
+        # between its ports pass here too, in and out through the bridge
+        # (any VLAN of it); they are the bridge's, not routed.
+        lines += [f"\t\tiifname {port} oifname {port} accept",
+                  f"\t\tiifname {port} ip saddr != {net.subnet} drop",
+                  f"\t\tiifname {port} meta nfproto ipv6 drop",
+                  f"\t\toifname {port} meta nfproto ipv6 drop",
+                  # No forwarding between fcnetd networks, whatever their mode.
+                  f"\t\tiifname {port} oifname {{ {ports} }} drop"]
         if others:
-            # No forwarding between fcnetd networks, whatever their mode.
-            lines.append(f"\t\tip saddr {net.subnet} ip daddr {{ {', '.join(map(str, others))} }} drop")
-        lines.append(f'\t\tip saddr {net.subnet} counter name "{out}" accept')
-        lines.append(f"\t\tip daddr {net.subnet} drop")
+            lines.append(f"\t\tiifname {port} ip daddr {{ {', '.join(map(str, others))} }} drop")
+        lines += [f"\t\tiifname {port} ip daddr {NEVER_FORWARDED} drop",
+                  f'\t\tiifname {port} counter name "{out}" accept',
+                  f'\t\toifname {port} ct state established,related counter name "{back}" accept',
+                  # An admin's own port forward (DNAT) to a VM is the admin's to open.
+                  f"\t\toifname {port} ct status dnat accept",
+                  f"\t\toifname {port} drop"]
     lines.append("\t}")
 
     # From a nat network to the host: DHCP (its DISCOVER goes to the
-    # broadcast address), DNS and ICMP to its gateway; nothing else.
+    # broadcast address), DNS and ICMP to its gateway; nothing else. And
+    # the gateway answers only its own port: dnsmasq's DNS is no open
+    # resolver for whatever else routes to it.
     lines += ["\tchain input {", "\t\ttype filter hook input priority filter; policy accept;"]
     for net in nets:
         port = f'iifname "{net.port}"'
-        lines += [f"\t\t{port} ct state established,related accept",
-                  f"\t\t{port} udp dport 67 accept",
-                  f"\t\t{port} ip daddr {net.gateway} udp dport 53 accept",
-                  f"\t\t{port} ip daddr {net.gateway} tcp dport 53 accept",
-                  f"\t\t{port} ip daddr {net.gateway} ip protocol icmp accept",
+        gw = net.gateway
+        lines += [f'\t\tip daddr {gw} iifname != {{ "{net.port}", "lo" }} drop',
+                  f"\t\t{port} meta nfproto ipv6 drop",
+                  f"\t\t{port} ct state established,related accept",
+                  f"\t\t{port} ip daddr {{ {gw}, 255.255.255.255 }} udp dport 67 accept",
+                  f"\t\t{port} ip daddr {gw} udp dport 53 accept",
+                  f"\t\t{port} ip daddr {gw} tcp dport 53 accept",
+                  f"\t\t{port} ip daddr {gw} ip protocol icmp accept",
                   f"\t\t{port} drop"]
     lines += ["\t}", "}", ""]
     return "\n".join(lines)
@@ -102,6 +124,13 @@ class Firewall:
     is one short netlink exchange, made in the caller's thread."""
 
     def __init__(self):
+        # Imported here, when the first nat network needs it: a host with
+        # bridge networks only runs without the binding installed.
+        try:
+            import nftables
+        except ImportError as e:
+            raise Internal("nat networks need libnftables' Python binding (Debian: apt install nftables "
+                           f"python3-nftables): {e}") from e
         self._nft = nftables.Nftables()
 
     def _cmd(self, command: str, what: str, json_output: bool = False) -> str:

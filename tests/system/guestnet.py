@@ -194,12 +194,14 @@ class Guest:
         routes = json.loads(self.netns.ip("-j", "-4", "route", "show", "default").stdout)
         return routes[0].get("gateway") if routes else None
 
-    def ping(self, addr: str, timeout: float = 3) -> bool:
-        """True once one echo request is answered; False after `timeout`."""
+    def ping(self, addr: str, timeout: float = 3, source: str | None = None) -> bool:
+        """True once one echo request is answered; False after `timeout`.
+        `source`: an address the guest holds, sent as the echo's source."""
         deadline = time.monotonic() + timeout
+        options = ("-I", source) if source else ()
         while True:
-            res = subprocess.run(_netns_exec(self.netns.name, "busybox", "ping", "-c", "1", "-W", "1", addr),
-                                 capture_output=True, timeout=10)
+            res = subprocess.run(_netns_exec(self.netns.name, "busybox", "ping", "-c", "1", "-W", "1", *options,
+                                             addr), capture_output=True, timeout=10)
             if res.returncode == 0:
                 return True
             if time.monotonic() >= deadline:

@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+from ipaddress import ip_address
 
 import pytest
 
@@ -129,6 +130,39 @@ def test_nat_networks_cannot_reach_each_others_vms_or_gateway(daemon, client, gu
     assert not a.ping(b_lease.ip, timeout=1), "no forwarding between fcnetd networks"
     assert not b.ping(a_net["Gateway"], timeout=1), "another network's gateway"
     assert not a.ping(b_net["Gateway"], timeout=1), "another network's gateway"
+
+
+def test_a_vm_sending_from_an_address_outside_its_subnet_gets_nowhere(daemon, client, guests, internet):
+    """A VM can send any source address. From another nat network's subnet
+    it was masqueraded like that network's own traffic (and the replies
+    delivered into it); from any other address it was forwarded as it was."""
+    nat(client, "fcbr0")
+    b_net = nat(client, "fcbr1")
+    a, a_lease = leased(guests, *start_vm(client, "vm-a", "fcbr0"))
+    with internet.capture() as cap:
+        assert a.ping(Internet.OUTSIDE), "the VM's own address reaches outside"
+        assert cap.echo_sources(Internet.OUTSIDE) == {Internet.HOST}
+    for spoofed in (str(ip_address(b_net["Gateway"]) + 4), "198.51.100.77"):
+        a.netns.ip("addr", "add", f"{spoofed}/32", "dev", a.ifname)
+        with internet.capture() as cap:
+            assert not a.ping(Internet.OUTSIDE, timeout=1, source=spoofed)
+            assert cap.echo_sources(Internet.OUTSIDE) == set(), f"an echo from {spoofed} left the host"
+
+
+def test_the_gateway_answers_only_its_own_network(daemon, client, guests, internet):
+    """dnsmasq's DNS and the gateway address answered anyone who could route
+    to them (a LAN neighbour, the outside): an open resolver on the host."""
+    net = nat(client, "fcbr0")
+    guest, _ = leased(guests, *start_vm(client, "vm-1", "fcbr0"))
+    assert guest.resolve(OUTSIDE_NAME, server=net["Gateway"]) == [Internet.OUTSIDE]
+    outside = internet.netns
+    outside.ip("route", "add", net["Subnet"], "via", Internet.HOST)
+    res = subprocess.run(["ip", "netns", "exec", outside.name, "busybox", "nslookup", "-type=a", OUTSIDE_NAME,
+                          net["Gateway"]], capture_output=True, text=True, timeout=30)
+    assert Internet.OUTSIDE not in res.stdout, f"the gateway resolved a name for the outside:\n{res.stdout}"
+    ping = subprocess.run(["ip", "netns", "exec", outside.name, "busybox", "ping", "-c", "1", "-W", "1",
+                           net["Gateway"]], capture_output=True)
+    assert ping.returncode != 0, "the gateway answered a ping from outside its network"
 
 
 def test_the_host_takes_only_dhcp_dns_and_icmp_from_a_nat_network(daemon, client, guests):

@@ -20,6 +20,7 @@ import tempfile
 import pytest
 
 from fcnetd.dnsmasq import cmdline
+from fcnetd.firewall import counter_names
 from tests.prereq import require
 
 from .harness import REPO, Netns, run, wait_for
@@ -213,8 +214,8 @@ def test_network_added_makes_gateway_table_forwarding_and_dnsmasq(host, planes, 
     assert ("fcbr0", f"{GATEWAY1}/24", 0xFC) in fcnetd_addresses(host)
     assert ("fcbr0", ADMIN_ADDRESS, 0) in fcnetd_addresses(host)
     table = nft(host, "list table inet fcnetd")
-    assert "ip saddr 10.213.0.0/24 ip daddr != 10.213.0.0/24 masquerade" in table
-    assert 'iifname "fcbr0" udp dport 67 accept' in table
+    assert 'iifname "fcbr0" oifname != "fcbr0" ip saddr 10.213.0.0/24 masquerade' in table
+    assert 'iifname "fcbr0" ip daddr { 10.213.0.1, 255.255.255.255 } udp dport 67 accept' in table
     assert sysctl_ip_forward(host) == "1"
     pid = dnsmasq_pid(state_dir, NET1)
     assert pid, "no dnsmasq runs for the network"
@@ -397,7 +398,7 @@ def test_a_vm_reaches_the_outside_masqueraded_and_is_counted_across_rebuilds(hos
         assert ping(GATEWAY1)
         assert not ping("192.0.2.1"), "the admin's address on the bridge answers the VM"
         assert not ping("203.0.113.2"), "the host's outside address answers the VM"
-        out, back = (f"nat_1a2b3c4d_{d}" for d in ("out", "in"))
+        out, back = counter_names(NET1["id"])
         counters = plane.call("snapshot")[NET1["id"]]["counters"]
         assert counters[out][0] >= 1 and counters[back][0] >= 1, counters
 
