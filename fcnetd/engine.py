@@ -277,7 +277,9 @@ class Engine:
                 await self.netlink.set_master(index, state.index, f"uplink {cfg.uplink}")
                 wanted = {state.default_pvid: {"pvid", "untagged"}}
                 for net in self.registry.networks.values():
-                    if net.bridge == cfg.name and net.vlan and net.host == self.host:
+                    # A nat network is fcnetd's alone: its VLAN stays off the
+                    # trunk, or its gateway and DHCP server would serve the LAN.
+                    if net.bridge == cfg.name and net.vlan and net.host == self.host and net.mode != "nat":
                         wanted.setdefault(net.vlan, set())
                 for bridge, vlan in self._uplink_claims:
                     if bridge == cfg.name:
@@ -319,6 +321,12 @@ class Engine:
         mode, subnet, dhcp = addressing.for_new()
         if mode == "nat":
             self._nat_plane()
+            uplink = self.config.bridges[bridge].uplink
+            if uplink and not vlan:
+                raise E.InvalidArgs(
+                    "mode", f"an untagged nat network on bridge {bridge} would share the LAN beyond its uplink "
+                            f"{uplink}, and fcnetd's gateway and DHCP server with it; give it a VLAN (a nat "
+                            "network's VLAN stays off the trunk) or use a bridge without an uplink")
         # Only network creations add subnets, and they hold the lock: what
         # this finds free stays free until the commit below.
         if mode == "nat" or subnet:
@@ -328,7 +336,7 @@ class Engine:
         stored = False
         net = Network.new(name, bridge, vlan, self.host, origin, description, mode, subnet, dhcp)
         try:
-            if vlan:  # the trunk carries the VLAN before anyone is told it exists
+            if vlan and mode != "nat":  # the trunk carries the VLAN before anyone is told it exists
                 self._uplink_claims.add(claim)
                 await self.sync_uplinks()
             if mode == "nat":
@@ -368,6 +376,8 @@ class Engine:
             taken += await self.nat.host_prefixes()
         if not subnet:
             return str(ipam.pick_subnet(self.config.nat_pool, [t for t, _ in taken]))
+        if mode == "nat":
+            ipam.check_nat_subnet(ipam.IPv4Network(subnet), self.config.nat_pool)
         if (what := ipam.conflict(ipam.IPv4Network(subnet), taken)) is not None:
             raise E.SubnetConflict(f"subnet: {subnet} overlaps {what}")
         return subnet
@@ -444,7 +454,7 @@ class Engine:
         if vm_name:
             check_name(vm_name, "vm_name")
         if mac:
-            mac = check_mac(mac)
+            mac = ipam.check_unicast_mac(check_mac(mac))
         wanted = ipam.check_ip(ip) if ip else None
         check_ifname(bridge)
         check_vlan(vlan)
@@ -453,6 +463,7 @@ class Engine:
             self._check_unattached(vm_id, nic)
             self._allowed(bridge)
             self._check_room(bridge)
+            self._check_address_fits(bridge, vlan, addressing, wanted)
             key = (bridge, vlan)
             self._attaching[key] = self._attaching.get(key, 0) + 1
             counted = True
@@ -489,6 +500,22 @@ class Engine:
                 await self.nat.leases_changed(net, self.attachments_of(net))
         self.on_network_changed(net)
         return net
+
+    def _check_address_fits(self, bridge: str, vlan: int, addressing: Addressing,
+                            wanted: ipam.IPv4Address | None) -> None:
+        """A static address the network will refuse, refused before an
+        AttachVm auto-creates the network (which would then be left behind)."""
+        if wanted is None:
+            return
+        existing = self.registry.by_key.get((self.host, bridge, vlan))
+        mode = existing.mode if existing is not None else addressing.for_new()[0]
+        if mode != "nat":
+            which = (f"network {existing.name}" if existing is not None
+                     else f"the network this call would create on bridge {bridge}")
+            raise E.InvalidArgs("ip", f"{which} is a {mode} network; fcnetd gives addresses only on a nat network")
+        subnet = existing.subnet if existing is not None else addressing.subnet
+        if subnet and wanted not in ipam.IPv4Network(subnet):
+            raise E.AddressUnavailable(f"ip: {wanted} is outside the network's subnet {subnet}")
 
     def _attach_settled(self, key: tuple[str, int]) -> None:
         if self._attaching[key] == 1:

@@ -18,6 +18,19 @@ SUBNET_PREFIXES = (16, 29)  # a /30 leaves no address for a VM beside the gatewa
 POOL_PREFIXES = (8, 24)
 _CIDR_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}/[0-9]{1,2}")
 _IP_RE = re.compile(r"[0-9]{1,3}(?:\.[0-9]{1,3}){3}")
+# No network of VMs may take these: they are not unicast address space a
+# host routes to a LAN (RFC 6890).
+_SPECIAL = (
+    (IPv4Network("0.0.0.0/8"), "'this network' (0.0.0.0/8)"),
+    (IPv4Network("127.0.0.0/8"), "loopback (127.0.0.0/8)"),
+    (IPv4Network("169.254.0.0/16"), "link-local (169.254.0.0/16, where clouds serve their metadata)"),
+    (IPv4Network("224.0.0.0/4"), "multicast (224.0.0.0/4)"),
+    (IPv4Network("240.0.0.0/4"), "reserved (240.0.0.0/4)"),
+)
+# Where a nat subnet a caller names may lie, besides [nat] pool: a nat
+# network's subnet becomes a route of the host's own, so a public range
+# would take the host's traffic to those addresses to a VM.
+PRIVATE = (IPv4Network("10.0.0.0/8"), IPv4Network("172.16.0.0/12"), IPv4Network("192.168.0.0/16"))
 _MAC_TRIES = 64
 
 
@@ -38,7 +51,29 @@ def check_subnet(value: object, field: str = "subnet", prefixes: tuple[int, int]
         raise InvalidArgs(field, f"{value} has host bits set; did you mean {loose}?")
     if str(loose) != value:  # leading zeros in the prefix length
         raise InvalidArgs(field, f"{excerpt(value)} must be written as {loose}")
+    for special, what in _SPECIAL:
+        if loose.overlaps(special):
+            raise InvalidArgs(field, f"{value} is {what}; a network's subnet must be unicast address space")
     return loose
+
+
+def check_nat_subnet(subnet: IPv4Network, pool: IPv4Network, field: str = "subnet") -> IPv4Network:
+    """A nat subnet a caller names: private address space or inside the pool."""
+    if any(subnet.subnet_of(p) for p in (*PRIVATE, pool)):
+        return subnet
+    raise InvalidArgs(field, f"{subnet} is neither private address space (10.0.0.0/8, 172.16.0.0/12, "
+                             f"192.168.0.0/16) nor inside [nat] pool ({pool}): a nat network's subnet becomes a "
+                             "route of the host, which would send the host's own traffic for it to the VMs")
+
+
+def check_unicast_mac(mac: str, field: str = "mac") -> str:
+    """A VM NIC's MAC (in check_mac's form): unicast and not all zeros."""
+    if int(mac[:2], 16) & 1:
+        raise InvalidArgs(field, f"{mac} is a multicast address; a VM NIC needs a unicast MAC "
+                                 "(first octet even, e.g. 02:...)")
+    if mac == "00:00:00:00:00:00":
+        raise InvalidArgs(field, "00:00:00:00:00:00 is no NIC's address; a VM NIC needs a unicast MAC")
+    return mac
 
 
 def check_ip(value: object, field: str = "ip") -> IPv4Address:
@@ -139,9 +174,7 @@ def claim_mac(taken: set[str], wanted: str = "") -> str:
     other NIC on the network has it, else a new one."""
     if not wanted:
         return new_mac(taken)
-    if int(wanted[:2], 16) & 1:
-        raise InvalidArgs("mac", f"{wanted} is a multicast address; a VM NIC needs a unicast MAC "
-                                 "(first octet even, e.g. 02:...)")
+    check_unicast_mac(wanted)
     if wanted in taken:
         raise AddressUnavailable(f"mac: {wanted} is taken by another VM NIC on this network; "
                                  "its DHCP lease is keyed by MAC")

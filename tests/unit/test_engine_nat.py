@@ -4,6 +4,7 @@ waits, and can be told to fail: subnet choice and conflicts, address and MAC
 allocation, mismatched options, and the order of plane calls and commits."""
 
 import asyncio
+import re
 from ipaddress import IPv4Network as N
 
 import pytest
@@ -64,9 +65,11 @@ class FakeNat:
         return [c[0] for c in self.calls]
 
 
-def make(tmp_path, prefixes=(), pool=None, nat=True):
+def make(tmp_path, prefixes=(), pool=None, nat=True, uplink=""):
     data = {"daemon": {"host": "node1"}, "bridges": {"fcbr0": {"create": True}, "fcbr1": {"create": True},
                                                     "fcbr2": {"create": True}}}
+    if uplink:
+        data["bridges"]["fcbr0"]["uplink"] = uplink
     if pool:
         data["nat"] = {"pool": pool}
     engine = None
@@ -120,19 +123,57 @@ def test_an_exhausted_pool_is_address_unavailable_and_stores_nothing(tmp_path):
 
 def test_a_subnet_overlapping_another_network_is_a_subnet_conflict_naming_it(tmp_path):
     e, _ = make(tmp_path)
-    run(e.create_network("lan", "fcbr0", 0, subnet="192.0.2.0/24"))
-    with pytest.raises(E.SubnetConflict, match=r"^subnet: 192\.0\.2\.128/25 overlaps network lan \(192\.0\.2\.0/24\)$"):
-        run(e.create_network("out", "fcbr1", 0, mode="nat", subnet="192.0.2.128/25"))
+    run(e.create_network("lan", "fcbr0", 0, subnet="192.168.2.0/24"))
+    with pytest.raises(E.SubnetConflict,
+                       match=r"^subnet: 192\.168\.2\.128/25 overlaps network lan \(192\.168\.2\.0/24\)$"):
+        run(e.create_network("out", "fcbr1", 0, mode="nat", subnet="192.168.2.128/25"))
     with pytest.raises(E.SubnetConflict, match="overlaps network lan"):
-        run(e.create_network("lan2", "fcbr1", 0, subnet="192.0.0.0/16"))
+        run(e.create_network("lan2", "fcbr1", 0, subnet="192.168.0.0/16"))
     assert [n.name for n in e.registry.networks.values()] == ["lan"]
 
 
 def test_a_nat_subnet_overlapping_a_host_address_is_a_subnet_conflict_naming_it(tmp_path):
-    e, nat = make(tmp_path, prefixes=[(N("198.51.100.0/24"), "address 198.51.100.7/24 on eth0")])
+    e, nat = make(tmp_path, prefixes=[(N("172.16.9.0/24"), "address 172.16.9.7/24 on eth0")])
     with pytest.raises(E.SubnetConflict) as err:
-        run(e.create_network("out", "fcbr0", 0, mode="nat", subnet="198.51.100.0/25"))
-    assert str(err.value) == "subnet: 198.51.100.0/25 overlaps address 198.51.100.7/24 on eth0"
+        run(e.create_network("out", "fcbr0", 0, mode="nat", subnet="172.16.9.0/25"))
+    assert str(err.value) == "subnet: 172.16.9.0/25 overlaps address 172.16.9.7/24 on eth0"
+    assert e.registry.networks == {} and "network_added" not in nat.ops()
+
+
+def test_a_nat_subnet_of_public_or_special_address_space_is_refused(tmp_path):
+    """Review M4: a nat subnet becomes a route of the host's own; any /16-/29
+    the host had no specific route for was taken, so a caller could send
+    the host's traffic for 8.8.8.0/24 (or a cloud's metadata service) to a VM."""
+    e, nat = make(tmp_path)
+    with pytest.raises(E.InvalidArgs, match=r"^subnet: 8\.8\.8\.0/24 is neither private address space .* nor "
+                                            r"inside \[nat\] pool \(10\.213\.0\.0/16\)"):
+        run(e.create_network("out", "fcbr0", 0, mode="nat", subnet="8.8.8.0/24"))
+    for special in ("169.254.169.248/29", "224.0.0.0/24", "127.0.0.0/24", "0.0.0.0/24", "240.0.0.0/24"):
+        with pytest.raises(E.InvalidArgs, match=rf"^subnet: {re.escape(special)} is .*; a network's subnet must be "
+                                                "unicast address space$"):
+            run(e.create_network("out", "fcbr0", 0, mode="nat", subnet=special))
+    assert e.registry.networks == {} and "network_added" not in nat.ops()
+
+
+def test_an_untagged_nat_network_is_refused_on_a_bridge_with_an_uplink(tmp_path):
+    """Review M3: its gateway and DHCP server would serve the LAN beyond the uplink."""
+    e, nat = make(tmp_path, uplink="eth9")
+    with pytest.raises(E.InvalidArgs, match=r"^mode: an untagged nat network on bridge fcbr0 would share the LAN "
+                                            r"beyond its uplink eth9"):
+        run(e.create_network("out", "fcbr0", 0, mode="nat"))
+    assert e.registry.networks == {} and "network_added" not in nat.ops()
+
+
+def test_a_static_address_the_network_would_refuse_creates_no_network(tmp_path):
+    """Review S11: AttachVm auto-created the network (dnsmasq, gateway,
+    rules), then refused the address, and the network stayed."""
+    e, nat = make(tmp_path)
+    with pytest.raises(E.InvalidArgs, match="^ip: the network this call would create on bridge fcbr0 is a bridge"):
+        run(e.attach_vm("vm-1", "fcbr0", 0, ip="10.213.0.5"))
+    with pytest.raises(E.AddressUnavailable, match=r"^ip: 10\.9\.0\.5 is outside the network's subnet 10\.213\.5\.0/24$"):
+        run(e.attach_vm("vm-1", "fcbr0", 0, mode="nat", subnet="10.213.5.0/24", ip="10.9.0.5"))
+    with pytest.raises(E.InvalidArgs, match="^mac: 01:00:5e:00:00:01 is a multicast address"):
+        run(e.attach_vm("vm-1", "fcbr0", 0, mode="nat", mac="01:00:5e:00:00:01"))
     assert e.registry.networks == {} and "network_added" not in nat.ops()
 
 
@@ -391,8 +432,9 @@ def test_concurrent_first_attaches_with_other_modes_get_one_network_and_one_refu
 
 def test_an_ip_on_a_bridge_network_is_refused(tmp_path):
     e, _ = make(tmp_path)
+    run(e.create_network("", "fcbr0", 0))
     with pytest.raises(E.InvalidArgs, match=r"^ip: network fcbr0 is a bridge network; fcnetd gives addresses only"):
-        run(e.attach_vm("vm-1", "fcbr0", 0, ip="192.0.2.5"))
+        run(e.attach_vm("vm-1", "fcbr0", 0, ip="10.213.0.5"))
     assert e.registry.attachments == {}
 
 
@@ -412,3 +454,25 @@ def test_reconcile_converges_the_plane_after_the_taps_and_adds_its_counts(tmp_pa
     op, _, _, (names, counts) = nat.calls[-1]
     assert op == "converge" and names == ["lan", "out"] and counts[net.id] == 1
     assert result["adopted"] == 1 + 2  # the TAP, and the plane's two
+
+
+def test_a_tagged_nat_networks_vlan_stays_off_the_uplink(tmp_path):
+    """Review M3: the trunk carried every tagged network's VLAN, a nat
+    network's too, so its gateway and DHCP server served the switch's LAN."""
+    e, _ = make(tmp_path, uplink="eth9")
+    trunk = []
+
+    async def uplink_index(name):
+        return 42
+
+    async def set_port_vlans(index, wanted, what, current=None):
+        trunk.append(sorted(wanted))
+    e.netlink.link_index, e.netlink.set_port_vlans = uplink_index, set_port_vlans
+
+    async def go():
+        await e.create_network("", "fcbr0", 10, mode="nat")
+        await e.create_network("", "fcbr0", 20)
+        await e.reconcile()
+    run(go())
+    assert trunk and all(10 not in vlans for vlans in trunk), trunk
+    assert 20 in trunk[-1], trunk
