@@ -42,6 +42,7 @@ import time
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Network
 
+from . import faultpoint
 from .errors import FcnetError, Internal
 
 log = logging.getLogger("fcnetd.dnsmasq")
@@ -409,6 +410,7 @@ class Dnsmasq:
             changed = True
         if changed:
             write_file(self.hosts_file, text, 0o644)
+            faultpoint.reached("dnsmasq.hosts-written")
         if self._pidfd is None:
             return
         if changed:

@@ -344,6 +344,7 @@ class Engine:
                 # exists: a crash between here and the commit leaves what
                 # the next reconcile reaps (NatPlane.converge).
                 await self.nat.network_added(net, port, [*self.registry.networks.values(), net])
+                faultpoint.reached("create.nat-ready")
             try:
                 await self.registry.commit(self.registry.change("add_network", net))
             except BaseException:
@@ -435,6 +436,7 @@ class Engine:
             if net.mode == "nat" and self.nat is not None:
                 # Still under the lock: a creation's firewall, built from
                 # the registry, cannot interleave with this one's.
+                faultpoint.reached("delete.committed")
                 await self.nat.network_removed(net, list(self.registry.networks.values()))
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
         self.on_network_removed(net)
@@ -497,6 +499,7 @@ class Engine:
                 if counted:
                     self._attach_settled(key)
             if net.mode == "nat":
+                faultpoint.reached("attach.committed")
                 await self.nat.leases_changed(net, self.attachments_of(net))
         self.on_network_changed(net)
         return net
@@ -554,6 +557,7 @@ class Engine:
             await self.registry.commit(self.registry.change("remove_attachment", att))
             net = self.registry.networks.get(att.network_id)
             if net is not None and net.mode == "nat" and self.nat is not None:
+                faultpoint.reached("detach.committed")
                 await self.nat.leases_changed(net, self.attachments_of(net), released=[att])
         if net is not None:
             self.on_network_changed(net)

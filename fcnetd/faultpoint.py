@@ -32,6 +32,23 @@ POINTS = (
     # engine.Engine
     "detach.tap-deleted",      # DetachVm: the TAP is gone, the attachment not yet
     "reconcile.dumped",        # reconcile read the kernel and changed nothing yet
+    # nat networks (engine.Engine and nat.NatPlane, in the order of their
+    # calls). Each leaves a different leftover for reconcile to converge:
+    "nat.firewall-applied",    # creation: the table has the new network, its gateway not yet added
+                               # (a table the registry does not imply)
+    "nat.gateway-added",       # creation: its gateway address (IFA_PROTO 0xfc) added, dnsmasq not
+                               # yet started (an address of ours whose network does not exist)
+    "create.nat-ready",        # creation: the plane set it up (dnsmasq running, no hosts), the
+                               # registry commit not yet (a dnsmasq and files of no network); the
+                               # state right after dnsmasq started, as nothing is done in between
+    "attach.committed",        # AttachVm on a nat network: stored, dnsmasq not yet told (a
+                               # reservation missing from the hosts file)
+    "dnsmasq.hosts-written",   # dnsmasq.Dnsmasq: the hosts file replaced, dnsmasq not yet sent
+                               # SIGHUP (the file right, the running dnsmasq's memory stale)
+    "detach.committed",        # DetachVm on a nat network: removed, its lease not yet released
+                               # (a lease of no reservation, maybe on an address given again)
+    "delete.committed",        # DeleteNetwork of a nat network: removed, the plane not yet torn
+                               # down (dnsmasq, files, gateway and rules of a network that is gone)
 )
 
 _TARGET, _, _COUNT = os.environ.get("FCNETD_FAULT_POINT", "").partition(":")

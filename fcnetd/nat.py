@@ -23,7 +23,7 @@ import os
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from . import dnsmasq
+from . import dnsmasq, faultpoint
 from .dnsmasq import Dnsmasq
 from .errors import FcnetError, Internal
 from .firewall import Firewall, NatNet, counter_names
@@ -125,9 +125,11 @@ class NatPlane:
             # host unfiltered.
             self._apply_firewall(networks)
             undo.append(self._firewall_without(net, networks))
+            faultpoint.reached("nat.firewall-applied")
             interface = gateway_interface(net)
             if await self.netlink.add_address(index, interface, Device("device", name)):
                 undo.append(lambda: self.netlink.delete_address(index, interface, Device("device", name)))
+            faultpoint.reached("nat.gateway-added")
             enable_forwarding()
             if net.dhcp:
                 server = self._new_dnsmasq(net)
