@@ -224,6 +224,7 @@ class Dnsmasq:
         self._next: asyncio.Future | None = None  # the update the next callers share
         self._flushes: set[asyncio.Task] = set()
         self._stopped = False
+        self._reread = False  # SIGHUP at the next update even if the file is as wanted
 
     def __repr__(self) -> str:
         return f"dnsmasq of network {self.name} (pid {self.pid})"
@@ -262,6 +263,9 @@ class Dnsmasq:
             await self.start(hosts)
             return "replaced"
         self._supervise()
+        # Its memory is unknown: a crash may have come between a hosts-file
+        # write and its SIGHUP, so a file already right proves nothing.
+        self._reread = True
         await self.update(hosts)
         return "adopted"
 
@@ -413,7 +417,8 @@ class Dnsmasq:
             faultpoint.reached("dnsmasq.hosts-written")
         if self._pidfd is None:
             return
-        if changed:
+        if changed or self._reread:
+            self._reread = False
             try:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGHUP)
             except ProcessLookupError:
