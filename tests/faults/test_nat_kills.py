@@ -46,7 +46,7 @@ from fcnetd.testbus import PrivateBus
 from tests.system.guestnet import Guest, dnsmasq_pids
 from tests.system.harness import Daemon, Netns, Pool, v, wait_for
 
-from .natstate import (ADMIN_TABLE, LanClient, expected_fcnetd_table, gateways, addresses, hosts_entries,
+from .natstate import (ADMIN_TABLE, LanClient, addresses, expected_fcnetd_table, gateways, hosts_entries,
                        lease_entries, nat_file, nft, table_json)
 
 NETS = {"fcbr0": "", "fcbr1": "10.213.7.0/24"}  # bridge -> subnet asked for ("" picks from the pool)
@@ -139,14 +139,13 @@ class NatHost:
         self.admin_table = table_json(self.ns, "inet", "admin")
 
     def start(self, point: str = "") -> Daemon:
-        env = {"FCNETD_FAULT_POINT": f"{point}:{ARMED[point]}"} if point else {}
-        old = {k: os.environ.get(k) for k in env}
-        os.environ.update(env)
+        """fcnetd, armed to kill itself at `point` if given (read at its start)."""
+        if point:
+            os.environ["FCNETD_FAULT_POINT"] = f"{point}:{ARMED[point]}"
         try:
             self.daemon = Daemon(self.ns, self.bus, self.state, self.config).start(timeout=60)
         finally:
-            for k, value in old.items():
-                os.environ.pop(k) if value is None else os.environ.__setitem__(k, value)
+            os.environ.pop("FCNETD_FAULT_POINT", None)
         return self.daemon
 
     def prepare(self) -> Acks:
@@ -371,7 +370,8 @@ def leftover(point: str, host: NatHost, acks: Acks) -> bool:
     repair (else the run proved nothing about that point)."""
     reg = read_registry(host.state)[0]
     spare_gone = SPARE not in {n.name for n in reg.networks.values()}
-    spare_gateway = ("fcbr2", IPv4Interface("10.213.9.1/24")) in gateways(host.ns)
+    spare_gateway = (SPARE, IPv4Interface(f"{IPv4Network(SPARE_SUBNET)[1]}/{IPv4Network(SPARE_SUBNET).prefixlen}")) \
+        in gateways(host.ns)
     stray_dnsmasq = dnsmasq_pids(host.state) - set().union(*(dnsmasq_pids(host.state, i) for i in reg.networks))
     reserved = reservations(reg)
     if point == "nat.firewall-applied":
@@ -400,8 +400,8 @@ def test_killed_at(point, host):
     if daemon.proc.poll() is None:
         daemon.stop()
     assert daemon.wait(30) == -signal.SIGKILL, f"fcnetd was not killed at {point}: {daemon.output()[-3000:]}"
-    # Before the kill, only the spare network's address may be refused
-    # (the burst's own race for the freed addresses).
+    # The only refusal the burst may see: the address a VM asks for was
+    # taken by a NEW VM first (the burst's own race for a freed address).
     assert all("AddressUnavailable" in r for r in acks.refused), acks.refused
     assert leftover(point, host, acks), f"the kill at {point} left nothing of its step to repair"
 
@@ -414,8 +414,7 @@ def test_killed_at(point, host):
 def test_a_killed_dnsmasq_is_restarted_mid_burst(host):
     acks = host.prepare()
     host.start()
-    net_id = read_registry(host.state)[0].networks
-    victim_net = next(n for n in net_id.values() if n.bridge == "fcbr0")
+    victim_net = next(n for n in read_registry(host.state)[0].networks.values() if n.bridge == "fcbr0")
     victim = int(nat_file(host.state, victim_net.id, ".pid"))
     assert dnsmasq_pids(host.state, victim_net.id) == {victim}
     replies = []
@@ -426,7 +425,7 @@ def test_a_killed_dnsmasq_is_restarted_mid_burst(host):
             os.kill(victim, signal.SIGKILL)
     asyncio.run(burst(host, acks, on_reply))
     assert len(replies) >= 3
-    assert all("AddressUnavailable" in r for r in acks.refused), acks.refused
+    assert all("AddressUnavailable" in r for r in acks.refused), acks.refused  # as in test_killed_at
     assert SPARE in acks.deleted and all(vm(b, i) in acks.attached for b in NETS for i in range(FIRST, FIRST + NEW))
 
     wait_for(lambda: dnsmasq_pids(host.state, victim_net.id) - {victim}, 10, what="fcbr0's dnsmasq started again")
