@@ -60,8 +60,8 @@ ARMED = {
     "nat.firewall-applied": 1,   # the spare network is the burst's only creation
     "nat.gateway-added": 1,
     "create.nat-ready": 1,
-    "attach.committed": 3,       # of 11 nat attachments
-    "dnsmasq.hosts-written": 2,  # of at least 4 coalesced hosts-file writes
+    "attach.committed": 7,       # of 11 nat attachments
+    "dnsmasq.hosts-written": 2,  # of at least 8 hosts-file writes; the early ones add VMs, whose loss DHCP shows
     "detach.committed": 1,       # of 5 nat detaches: a leased VM's, as each network's come first
     "delete.committed": 1,       # the spare network's
 }
@@ -291,11 +291,15 @@ def check_after_restart(host: NatHost, acks: Acks, what: str) -> Snapshot:
         assert hosts is not None and hosts_entries(hosts) == reserved[net_id], \
             f"hosts file of {nat[net_id].name} differs from the registry ({what}):\n{hosts}"
 
+    # Leases kept: those of VMs nobody asked to detach. One whose DetachVm
+    # was cut off by the kill may still be attached, but its TAP went first
+    # (the VM was off the network), and a concurrent call may have released
+    # its lease before the removal was durable; its reservation stays.
     # dnsmasq rewrites its leases file in place (truncate, write), so one
     # read can see it empty: the condition must hold on two reads in a row.
     kept = {}
     for name, lease in host.leased.items():
-        if name in atts and (atts[name].mac.lower(), atts[name].ip) == lease:
+        if name in atts and name not in acks.detaching and (atts[name].mac.lower(), atts[name].ip) == lease:
             kept.setdefault(atts[name].network_id, set()).add(lease)
 
     def lease_problems():
