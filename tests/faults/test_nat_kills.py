@@ -179,6 +179,7 @@ class NatHost:
         try:
             if self.daemon is not None:
                 self.daemon.stop()
+                print(self.daemon.output()[-6000:])  # shown by pytest if the test failed
         finally:
             # A failed test must not leave this state dir's dnsmasq running.
             for pid in dnsmasq_pids(self.state):
