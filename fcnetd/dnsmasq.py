@@ -49,7 +49,10 @@ log = logging.getLogger("fcnetd.dnsmasq")
 
 DNSMASQ = "/usr/sbin/dnsmasq"
 USER = "dnsmasq"
-LEASE_TIME = "1h"
+# Every lease is a static reservation, released explicitly at detach: a long
+# lease only spares a VM renewals, and keeps its address while fcnetd (and
+# so its dnsmasq) is stopped for a while.
+LEASE_TIME = "12h"
 SUFFIXES = (".hosts", ".leases", ".pid")
 START_SECONDS = 10.0  # from spawn to its pidfile: dnsmasq takes ~30 ms
 STOP_SECONDS = 5.0  # from SIGTERM to SIGKILL
@@ -83,6 +86,8 @@ def command(directory: str, network_id: str, port: str, subnet: IPv4Network, gat
         f"--dhcp-leasefile={path(directory, network_id, '.leases')}",
         f"--pid-file={path(directory, network_id, '.pid')}",
         "--dhcp-authoritative", "--no-hosts",
+        # A VM's DHCP hostname puts no name in the host's DNS.
+        "--dhcp-ignore-names",
         # Neither plain names nor reverse lookups of private ranges (the
         # network's own among them) leave the host.
         "--domain-needed", "--bogus-priv",
@@ -225,6 +230,8 @@ class Dnsmasq:
         self._flushes: set[asyncio.Task] = set()
         self._stopped = False
         self._reread = False  # SIGHUP at the next update even if the file is as wanted
+        self._written: str | None = None  # the hosts file as last written, None if unknown
+        self._sweep = False  # look for leases no reservation backs at the next update
 
     def __repr__(self) -> str:
         return f"dnsmasq of network {self.name} (pid {self.pid})"
@@ -265,7 +272,7 @@ class Dnsmasq:
         self._supervise()
         # Its memory is unknown: a crash may have come between a hosts-file
         # write and its SIGHUP, so a file already right proves nothing.
-        self._reread = True
+        self._reread = self._sweep = True
         await self.update(hosts)
         return "adopted"
 
@@ -291,7 +298,8 @@ class Dnsmasq:
     def _prepare_files(self) -> None:
         _unlink(self.pid_file)  # a stale one must not pass for the new process's
         prepare_directory(self.state_dir, self.directory, self.runs_as)
-        write_file(self.hosts_file, hosts_text(self._hosts), 0o644)
+        self._written = hosts_text(self._hosts)
+        write_file(self.hosts_file, self._written, 0o644)
         try:
             with open(self.lease_file) as f:
                 leases = f.read()
@@ -406,14 +414,12 @@ class Dnsmasq:
                 done.set_result(None)
 
     def _tell(self, released: list[tuple[str, str]]) -> None:
+        # A VM start costs a file write and a signal: nothing is read back.
         text = hosts_text(self._hosts)
-        try:
-            with open(self.hosts_file) as f:
-                changed = f.read() != text
-        except FileNotFoundError:
-            changed = True
+        changed = text != self._written
         if changed:
             write_file(self.hosts_file, text, 0o644)
+            self._written = text
             faultpoint.reached("dnsmasq.hosts-written")
         if self._pidfd is None:
             return
@@ -423,11 +429,15 @@ class Dnsmasq:
                 signal.pidfd_send_signal(self._pidfd, signal.SIGHUP)
             except ProcessLookupError:
                 return  # it died: its supervisor starts it again, and it reads the file then
-        try:
-            with open(self.lease_file) as f:
-                released = released + stale_leases(f.read(), self._hosts)
-        except FileNotFoundError:
-            pass
+        if released or self._sweep:
+            # Also any lease no reservation backs: one whose release a
+            # killed daemon never sent (the sweep after an adoption).
+            self._sweep = False
+            try:
+                with open(self.lease_file) as f:
+                    released = released + stale_leases(f.read(), self._hosts)
+            except FileNotFoundError:
+                pass
         if released:
             self._release(dict.fromkeys((mac.lower(), ip) for mac, ip in released))
 

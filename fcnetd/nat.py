@@ -202,7 +202,9 @@ class NatPlane:
                 log.warning("nat network %s: bridge %s is missing; its gateway and DHCP wait for it",
                             net.name, net.bridge)
         self._networks = nat
-        steps = (self._converge_l3(present, bridges, counts), self._converge_firewall(networks, counts),
+        # The firewall first, as network_added does: no gateway answers
+        # on a port the table does not yet guard.
+        steps = (self._converge_firewall(networks, counts), self._converge_l3(present, bridges, counts),
                  self._converge_dnsmasq(nat, present, attachments_by_network, counts))
         for step in steps:
             try:
@@ -267,6 +269,13 @@ class NatPlane:
         for network_id, net in served.items():
             hosts = _hosts(attachments_by_network.get(network_id, ()))
             server = self._dnsmasq.get(network_id)
+            if server is not None and server.argv != self._new_dnsmasq(net).argv:
+                # A hand edit gave the network another subnet (or port):
+                # the running one serves the old range.
+                log.warning("%r serves what network %s was; starting it anew", server, net.name)
+                await self._dnsmasq.pop(network_id).stop()
+                server = None
+                counts["drift"] += 1
             if server is not None:
                 await server.update(hosts)
                 counts["adopted"] += 1

@@ -26,7 +26,7 @@ def test_the_command_line_binds_one_port_and_serves_static_leases_only():
     assert argv[0] == "/usr/sbin/dnsmasq"
     for arg in ("--keep-in-foreground", "--conf-file=/dev/null", "--bind-interfaces", "--interface=fcbr0",
                 "--except-interface=lo", "--listen-address=10.213.0.1",
-                "--dhcp-range=10.213.0.0,static,255.255.255.0,1h", "--dhcp-hostsfile=/s/nat/net-1.hosts",
+                "--dhcp-range=10.213.0.0,static,255.255.255.0,12h", "--dhcp-hostsfile=/s/nat/net-1.hosts",
                 "--dhcp-leasefile=/s/nat/net-1.leases", "--pid-file=/s/nat/net-1.pid", "--dhcp-authoritative",
                 "--no-hosts", "--user=dnsmasq", "--group=nogroup", "--dhcp-lease-max=256"):
         assert arg in argv
