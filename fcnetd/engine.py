@@ -352,6 +352,8 @@ class Engine:
                     await self.nat.network_removed(net, list(self.registry.networks.values()))
                 raise
             stored = True
+            if mode != "nat" and subnet and self.nat is not None:
+                await self.nat.fence_changed(list(self.registry.networks.values()))
         finally:
             self._uplink_claims.discard(claim)
             if vlan and not stored:
@@ -438,6 +440,8 @@ class Engine:
                 # the registry, cannot interleave with this one's.
                 faultpoint.reached("delete.committed")
                 await self.nat.network_removed(net, list(self.registry.networks.values()))
+            elif net.subnet and self.nat is not None:
+                await self.nat.fence_changed(list(self.registry.networks.values()))
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
         self.on_network_removed(net)
         if net.vlan:

@@ -180,6 +180,17 @@ class NatPlane:
             if name in ports:
                 await self.netlink.delete_link(name, Device("device", name))
 
+    async def fence_changed(self, networks: Iterable) -> None:
+        """After the commit that added or removed a bridge network with a
+        subnet: the nat networks' fence follows (they may forward to no
+        fcnetd network). Never raises: converge repairs."""
+        if not self._networks:
+            return
+        try:
+            self._apply_firewall(networks)
+        except FcnetError as e:
+            log.error("the fence of the nat networks did not follow a network change: %s; reconcile will", e)
+
     async def leases_changed(self, net, attachments: Iterable, released: Iterable = ()) -> None:
         server = self._dnsmasq.get(net.id)
         if server is None:

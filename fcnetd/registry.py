@@ -18,6 +18,7 @@ is dropped.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import fcntl
 import json
@@ -103,6 +104,12 @@ class State:
         self.attachments: dict[tuple[str, str], Attachment] = {}
         self.by_network: dict[str, dict[tuple[str, str], Attachment]] = {}
         self.bridge_load: dict[str, int] = {}  # bridge -> attachments on its networks
+        # The networks' subnets as sorted, disjoint [first, last] address
+        # ranges (CIDR blocks overlap only by nesting), for an overlap
+        # check in O(log n) when thousands of networks load.
+        self._subnet_firsts: list[int] = []
+        self._subnet_lasts: list[int] = []
+        self._subnet_names: list[str] = []
 
     def conflict(self, net: Network) -> str | None:
         if net.id in self.networks:
@@ -111,6 +118,17 @@ class State:
             return f"network name {net.name!r} appears twice"
         if (net.host, net.bridge, net.vlan) in self.by_key:
             return f"networks {self.by_key[(net.host, net.bridge, net.vlan)].name} and {net.name} share host, bridge and VLAN"
+        if net.subnet and (other := self._overlapping(net)) is not None:
+            return f"the subnets of networks {other} and {net.name} ({net.subnet}) overlap"
+        return None
+
+    def _overlapping(self, net: Network) -> str | None:
+        first, last = int(net.network.network_address), int(net.network.broadcast_address)
+        i = bisect.bisect_right(self._subnet_firsts, first)
+        if i and self._subnet_lasts[i - 1] >= first:
+            return self._subnet_names[i - 1]
+        if i < len(self._subnet_firsts) and self._subnet_firsts[i] <= last:
+            return self._subnet_names[i]
         return None
 
     def attachment_conflict(self, att: Attachment, where: str = "attachment") -> str | None:
@@ -130,12 +148,26 @@ class State:
         self.by_name[net.name] = net
         self.by_key[(net.host, net.bridge, net.vlan)] = net
         self.by_network.setdefault(net.id, {})
+        if net.subnet:
+            first = int(net.network.network_address)
+            i = bisect.bisect_left(self._subnet_firsts, first)
+            self._subnet_firsts.insert(i, first)
+            self._subnet_lasts.insert(i, int(net.network.broadcast_address))
+            self._subnet_names.insert(i, net.name)
 
     def remove_network(self, net: Network) -> None:
         del self.networks[net.id]
         del self.by_name[net.name]
         del self.by_key[(net.host, net.bridge, net.vlan)]
         self.by_network.pop(net.id, None)
+        if net.subnet:
+            first = int(net.network.network_address)
+            i = bisect.bisect_left(self._subnet_firsts, first)
+            while i < len(self._subnet_firsts) and self._subnet_firsts[i] == first:
+                if self._subnet_names[i] == net.name:
+                    del self._subnet_firsts[i], self._subnet_lasts[i], self._subnet_names[i]
+                    break
+                i += 1
 
     def add_attachment(self, att: Attachment) -> None:
         self.attachments[att.key] = att

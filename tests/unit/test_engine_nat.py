@@ -48,6 +48,10 @@ class FakeNat:
         self.calls.append(("network_removed", net.name, self._stored(net), sorted(n.name for n in networks)))
         await asyncio.sleep(0)
 
+    async def fence_changed(self, networks):
+        self.calls.append(("fence_changed", None, None, sorted(n.name for n in networks)))
+        await asyncio.sleep(0)
+
     async def leases_changed(self, net, attachments, released=()):
         registry = self.engine().registry
         self.calls.append(("leases_changed", net.name,
@@ -182,7 +186,7 @@ def test_a_bridge_networks_subnet_is_not_checked_against_the_host(tmp_path):
     e, nat = make(tmp_path, prefixes=[(N("198.51.100.0/24"), "address 198.51.100.7/24 on eth0")])
     net = run(e.create_network("lan", "fcbr0", 0, subnet="198.51.100.0/24"))
     assert (net.mode, net.subnet, net.gateway, net.dhcp) == ("bridge", "198.51.100.0/24", "", False)
-    assert nat.calls == []
+    assert "host_prefixes" not in nat.ops()
 
 
 def test_two_creations_racing_get_two_subnets(tmp_path):
@@ -476,3 +480,18 @@ def test_a_tagged_nat_networks_vlan_stays_off_the_uplink(tmp_path):
     run(go())
     assert trunk and all(10 not in vlans for vlans in trunk), trunk
     assert 20 in trunk[-1], trunk
+
+
+def test_the_fence_follows_bridge_networks_with_a_subnet(tmp_path):
+    """Review S3: the nat networks' fence was rebuilt only when a nat
+    network came or went, so a VM could reach a bridge network's subnet
+    created after it (and a deleted one stayed fenced)."""
+    e, nat = make(tmp_path)
+    run(e.create_network("out", "fcbr0", 0, mode="nat"))
+    run(e.create_network("plain", "fcbr2", 0))  # no subnet: nothing to fence
+    run(e.create_network("lan", "fcbr1", 0, subnet="192.168.50.0/24"))
+    run(e.delete_network("lan"))
+    assert [c for c in nat.calls if c[0] == "fence_changed"] == [
+        ("fence_changed", None, None, ["lan", "out", "plain"]),
+        ("fence_changed", None, None, ["out", "plain"]),
+    ]

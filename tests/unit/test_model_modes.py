@@ -129,3 +129,22 @@ def test_a_record_error_shows_a_huge_value_briefly():
     with pytest.raises(InvalidArgs) as e:
         Network.from_dict(nat_record(subnet="9" * 100_000), "networks[0]")
     assert e.value.field == "networks[0].subnet" and len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("other", ["10.213.0.128/25", "10.213.0.0/16", "10.213.0.0/24"])
+def test_networks_whose_subnets_overlap_are_refused_at_load_naming_both(other):
+    """Review S5: two hand-edited nat networks with overlapping subnets
+    loaded, got the same gateway on two bridges, and their fence let them
+    reach each other."""
+    nets = [nat_record(name="a", bridge="fcbr1"),
+            nat_record(id="4d3c0a56-3f4e-4f6b-9f55-0d8f7a3e2b11", name="b", bridge="fcbr2", subnet=other)]
+    with pytest.raises(RegistryError, match=rf"the subnets of networks a and b \({other}\) overlap"):
+        parse(registry_text(nets, []), "registry.json")
+
+
+def test_networks_with_neighbouring_subnets_load():
+    nets = [nat_record(name=f"n{i}", bridge=f"fcbr{i}", id=f"4d3c0a56-3f4e-4f6b-9f55-0d8f7a3e2b{i:02d}",
+                       subnet=f"10.213.{i}.0/24") for i in (3, 1, 2)]
+    nets.append(nat_record(name="wide", bridge="fcbr9", id="4d3c0a56-3f4e-4f6b-9f55-0d8f7a3e2b99",
+                           subnet="10.214.0.0/16"))
+    assert len(parse(registry_text(nets, []), "registry.json").networks) == 4
