@@ -452,11 +452,15 @@ class Dnsmasq:
 
     # -- metrics ------------------------------------------------------------
     def lease_count(self) -> int:
-        try:
-            with open(self.lease_file) as f:
-                return len(parse_leases(f.read()))
-        except OSError:
-            return 0
+        return count_leases(self.lease_file)
+
+
+def count_leases(lease_file: str) -> int:
+    try:
+        with open(lease_file) as f:
+            return len(parse_leases(f.read()))
+    except OSError:
+        return 0
 
 
 async def reap(directory: str, keep: set[str]) -> list[str]:

@@ -21,7 +21,8 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
                                     InfoMetricFamily, SummaryMetricFamily)
 from prometheus_client.registry import Collector
 
-from . import __version__, ipam, procstats
+from . import __version__, ipam, nat as natmod, procstats
+from .firewall import Firewall
 from .schema import LABELS
 from .service import LATENCY_BUCKETS
 
@@ -78,16 +79,14 @@ def capture(daemon) -> dict:
     bridges = [(name, st is not None, bool(st and st.up), bool(st and st.vlan_filtering))
                for name, st in ((n, engine.bridges.get(n)) for n in engine.config.bridges)]
     stats = daemon.manager.stats
-    plane = engine.nat.snapshot() if engine.nat is not None else {}
+    sources = engine.nat.metric_sources() if engine.nat is not None else {}
     nat = []
-    for net_id, seen in plane.items():
+    for net_id in sources:
         net = reg.networks.get(net_id)
         if net is None:
             continue
         used = sum(1 for a in reg.by_network.get(net_id, {}).values() if a.ip)
-        nat.append((net.name, used, ipam.capacity(net.network) - used, seen["leases"],
-                    {name.rsplit("_", 1)[1]: value for name, value in seen["counters"].items()},  # nat_<id>_out/_in
-                    seen["dnsmasq_restarts"]))
+        nat.append((net_id, net.name, used, ipam.capacity(net.network) - used))
     return {
         "host": engine.host, "networks": tuple(networks), "taps": taps, "bridges": tuple(bridges),
         "requests": dict(stats.count), "latency_buckets": dict(stats.buckets),
@@ -96,16 +95,32 @@ def capture(daemon) -> dict:
         "registry_write_seconds": (engine.stats.registry_write_count, engine.stats.registry_write_sum),
         "reconcile": dict(engine.stats.reconcile),
         "access_denied": daemon.gate.denied if daemon.gate else 0,
-        "nat": tuple(nat),
+        "nat": tuple(nat), "nat_sources": sources,
     }
 
 
+_nft_reader: Firewall | None = None  # the worker thread's own (refreshes run one at a time)
+
+
 def build(state: dict, read_counters=procstats.read) -> Snapshot:
-    """Runs in a worker thread: adds kernel counters to a captured state."""
+    """Runs in a worker thread: adds kernel counters, and nat networks'
+    leases and forwarding counters, to a captured state."""
+    global _nft_reader
     names = {t[0] for t in state["taps"]}
     counters = read_counters(names) if names else {}
     taps = tuple(TapRow(t[0], t[1], t[2], t[3], t[4], t[5], counters.get(t[0])) for t in state["taps"])
-    return Snapshot(taken=time.time(), taps=taps, **{k: v for k, v in state.items() if k != "taps"})
+    nat = ()
+    if state.get("nat"):
+        if _nft_reader is None:
+            _nft_reader = Firewall()
+        seen = natmod.read_metrics(state["nat_sources"], _nft_reader)
+        nat = tuple((name, used, free, seen[net_id]["leases"],
+                     # nat_<id>_out / nat_<id>_in
+                     {n.rsplit("_", 1)[1]: v for n, v in seen[net_id]["counters"].items()},
+                     seen[net_id]["dnsmasq_restarts"])
+                    for net_id, name, used, free in state["nat"])
+    rest = {k: v for k, v in state.items() if k not in ("taps", "nat", "nat_sources")}
+    return Snapshot(taken=time.time(), taps=taps, nat=nat, **rest)
 
 
 COUNTER_FIELDS = (

@@ -232,10 +232,11 @@ class NatPlane:
         wanted_addresses, wanted_ports = set(), set()
         for net in present.values():
             name = l3_port(net)
+            if net.vlan:  # wanted before it is tried: a failure below must not reap it
+                wanted_ports.add(name)
             try:
                 index, created = await self._port_index(net, bridges[net.bridge])
                 if net.vlan:
-                    wanted_ports.add(name)
                     counts["drift" if created else "adopted"] += 1
                 key = (index, gateway_interface(net))
                 wanted_addresses.add(key)
@@ -248,6 +249,7 @@ class NatPlane:
             except FcnetError as e:
                 log.error("nat network %s: %s", net.name, e)
                 counts["error"] += 1
+                wanted_addresses.update(key for key in ours if key[1] == gateway_interface(net))
         for (index, interface), address in ours.items():
             if (index, interface) not in wanted_addresses:
                 log.info("removing gateway address %s from %s: its nat network is gone", interface, address.ifname)
@@ -317,24 +319,37 @@ class NatPlane:
         servers, self._dnsmasq = list(self._dnsmasq.values()), {}
         await asyncio.gather(*(s.stop() for s in servers))
 
-    def snapshot(self) -> dict:
-        """Per nat network id: leases (DHCP leases dnsmasq holds), counters
-        (name -> (packets, bytes)) and dnsmasq_restarts."""
-        counters = {}
-        if self._networks:
-            try:
-                counters = self.firewall.counters()
-            except FcnetError as e:
-                log.warning("metrics: %s", e)
-        found = {}
+    def metric_sources(self) -> dict:
+        """Per nat network id, where its metrics come from, read without
+        I/O (the event loop calls it): (leases file or None, counter
+        names, dnsmasq restarts). read_metrics does the reading."""
+        sources = {}
         for network_id in self._networks:
             server = self._dnsmasq.get(network_id)
-            found[network_id] = {
-                "leases": server.lease_count() if server else 0,
-                "counters": {name: counters.get(name, (0, 0)) for name in counter_names(network_id)},
-                "dnsmasq_restarts": server.restarts if server else 0,
-            }
-        return found
+            sources[network_id] = (server.lease_file if server else None, counter_names(network_id),
+                                   server.restarts if server else 0)
+        return sources
+
+    def snapshot(self) -> dict:
+        return read_metrics(self.metric_sources(), self.firewall)
+
+
+def read_metrics(sources: Mapping, reader: Firewall) -> dict:
+    """Per nat network id: leases (DHCP leases its dnsmasq holds), counters
+    (name -> (packets, bytes)) and dnsmasq_restarts. Does the file and
+    netlink reads, so the metrics refresh calls it in its worker thread,
+    with a Firewall of its own (a libnftables context is not shared
+    between threads)."""
+    counters = {}
+    if sources:
+        try:
+            counters = reader.counters()
+        except FcnetError as e:
+            log.warning("metrics: %s", e)
+    return {network_id: {"leases": dnsmasq.count_leases(lease_file) if lease_file else 0,
+                         "counters": {name: counters.get(name, (0, 0)) for name in names},
+                         "dnsmasq_restarts": restarts}
+            for network_id, (lease_file, names, restarts) in sources.items()}
 
 
 def _hosts(attachments: Iterable) -> dict[str, str]:
