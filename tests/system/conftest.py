@@ -4,6 +4,7 @@ import shutil
 
 import pytest
 
+from fcnetd.registry import read_registry
 from fcnetd.testbus import PrivateBus
 from tests.prereq import require
 
@@ -64,3 +65,17 @@ def daemon(ns, bus, tmp_path, config):
 @pytest.fixture
 def client(bus):
     return Client(bus.address)
+
+
+@pytest.fixture
+def stored(daemon, client):
+    """A known state (a bridge network with a VM); each test that uses it
+    proves its refused call left the registry and the list as they were."""
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+    client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
+    before = read_registry(daemon.state_dir)[0]
+    yield
+    after = read_registry(daemon.state_dir)[0]
+    assert (after.networks, after.attachments) == (before.networks, before.attachments), \
+        "a refused call changed the registry"
+    assert [n["Name"] for n in client.call("ListNetworks", "a{sv}", {})[0]] == ["fcbr0"]

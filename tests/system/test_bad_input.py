@@ -14,19 +14,6 @@ INVALID = "org.freedesktop.DBus.Error.InvalidArgs"
 ERR = "org.fcnetd.Network1.Error."
 
 
-@pytest.fixture
-def stored(daemon, client):
-    """A known state; each test proves its bad call left it byte for byte."""
-    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
-    client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
-    before = read_registry(daemon.state_dir)[0]
-    yield
-    after = read_registry(daemon.state_dir)[0]
-    assert (after.networks, after.attachments) == (before.networks, before.attachments), \
-        "a refused call changed the registry"
-    assert [n["Name"] for n in client.call("ListNetworks", "a{sv}", {})[0]] == ["fcbr0"]
-
-
 @pytest.mark.parametrize("vlan", [4095, 4096, 65535])
 def test_vlan_out_of_range(stored, client, vlan):
     for member, args in (("CreateNetwork", ("ssqa{sv}", "", "fcbr0", vlan, {})),
@@ -173,8 +160,6 @@ def test_a_trailing_newline_is_refused_through_busctl(stored, bus):
 
 
 HUGE = "x" * 1_000_000
-
-
 
 
 # Issue 9, item 14: a 1 MB argument is answered with a short error that
