@@ -30,6 +30,7 @@ from tests.system.harness import v
 BRIDGE, TAGGED, OTHER = "fcbr3", 10, 20  # OTHER: the VLAN of a bridge network beside them
 TRUNKED, TRUNK_VLAN, UPLINK = "fcbr0", 30, "upl0"  # a bridge with an uplink, a nat VLAN on it
 L3_PORT = f"{BRIDGE}.{TAGGED}"
+RELAY_WAIT = 60  # s for fcnetd.relay to start: a Python start under TCG took over 10 s on a busy host
 DHCP_WAIT = 30  # s for a guest's first lease (udhcpc sends a DISCOVER a second); TCG is slow
 PROBE_WAIT = 2  # s the probes' replies are awaited; the two that must come show it was long enough
 SILENT_PING = 1  # s a ping that must go unanswered is given
@@ -122,7 +123,7 @@ class TaggedNat:
         untagged, tagged = self.nets["n0"], self.nets["n10"]
         for key, vm in vms.items():
             # In this thread: a relay ends when the thread that started it does (PR_SET_PDEATHSIG).
-            self.guests[key] = Guest(self.ns, vm["tap"], mac=vm["Mac"])
+            self.guests[key] = Guest(self.ns, vm["tap"], mac=vm["Mac"], timeout=RELAY_WAIT)
         with ThreadPoolExecutor(2) as pool:  # both DHCP exchanges at once: TCG is slow
             futures = {key: pool.submit(guest.dhcp, timeout=DHCP_WAIT) for key, guest in self.guests.items()}
             self.leases = {key: future.result() for key, future in futures.items()}
