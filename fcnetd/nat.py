@@ -120,7 +120,7 @@ class NatPlane:
             index, created = await self._port_index(net, port)
             name = l3_port(net)
             if created:
-                undo.append(lambda: self.netlink.delete_link(name, Device("device", name)))
+                undo.append(lambda: self.netlink.delete_vlan_port(name))
             # The firewall before the address: the port never reaches the
             # host unfiltered.
             self._apply_firewall(networks)
@@ -178,7 +178,7 @@ class NatPlane:
         if net.vlan:
             ports = await self.netlink.vlan_ports(L3_PORT_TAG + net.id)
             if name in ports:
-                await self.netlink.delete_link(name, Device("device", name))
+                await self.netlink.delete_vlan_port(name)
 
     async def fence_changed(self, networks: Iterable) -> None:
         """After the commit that added or removed a bridge network with a
@@ -257,7 +257,7 @@ class NatPlane:
                 counts["reaped"] += 1
         for name in ports.keys() - wanted_ports:
             log.info("removing %s, the gateway port of a nat network that is gone", name)
-            await self.netlink.delete_link(name, Device("device", name))
+            await self.netlink.delete_vlan_port(name)
             counts["reaped"] += 1
 
     async def _converge_firewall(self, networks: list, counts: dict) -> None:

@@ -120,6 +120,7 @@ DOING = {
     "delete": "deleting it",
     "vlan_port": "creating it as a VLAN device on bridge {bridge}",
     "bridge_vlan": "making bridge {bridge} itself a tagged member of the VLAN",
+    "bridge_unvlan": "taking bridge {bridge} itself out of the VLAN",
     "address": "adding an address",
     "unaddress": "removing an address",
 }
@@ -526,6 +527,24 @@ class Netlink:
         if not msg["flags"] & IFF_UP:
             await self.set_up(msg["index"], device)
         return msg["index"], created
+
+    async def delete_vlan_port(self, name: str) -> None:
+        """Deletes a VLAN device ensure_vlan_port made, and with it the
+        bridge's own membership of that VLAN, which only the device needed.
+        One already gone is success."""
+        msg = await self._link(name, "device")
+        if msg is None:
+            return
+        lower, vlan = msg.get("IFLA_LINK"), msg.get(("linkinfo", "data", "vlan_id"))
+        await self.delete_link(name, Device("device", name))
+        if lower and vlan:
+            try:
+                await self._rt("vlan_filter", "del", index=lower, vlan_info={"vid": vlan},
+                               vlan_flags=BRIDGE_FLAGS_SELF)
+            except NetlinkError as e:
+                if e.code not in (errno.ENOENT, errno.ENODEV):
+                    bridge = _ifname(lower)
+                    raise translate(e, Device("bridge", bridge), "bridge_unvlan", bridge) from e
 
     async def vlan_ports(self, alias_prefix: str) -> dict[str, tuple[int, str]]:
         """Every VLAN device whose ifalias starts with `alias_prefix`, by

@@ -20,9 +20,9 @@ TP_STATUS_VLAN_VALID = 0x10
 ETH_P_ALL = 0x0003
 
 
-def read_until(fileobj, wait: float, read_one) -> list[tuple[int | None, str]]:
+def read_until(fileobj, wait: float, read_one) -> list:
     """Everything queued now, plus what arrives within `wait` seconds; read_one
-    returns one parsed frame (or None for foreign traffic) or raises BlockingIOError."""
+    returns one frame or raises BlockingIOError."""
     out, deadline = [], time.monotonic() + wait
     while select.select([fileobj], [], [], max(0.0, deadline - time.monotonic()))[0]:
         try:
@@ -70,8 +70,15 @@ class Endpoint:
     def send(self, dst: bytes, marker: str) -> None:
         os.write(self.fd, frame(dst, self.mac, marker))
 
+    def write(self, data: bytes) -> None:
+        os.write(self.fd, data)
+
     def received(self, wait: float) -> list[tuple[int | None, str]]:
-        return read_until(self.fd, wait, lambda: parse(os.read(self.fd, 65536)))
+        return [got for got in (parse(data) for _, data in self.raw(wait)) if got]
+
+    def raw(self, wait: float) -> list[tuple[None, bytes]]:
+        """Every frame as it came, (None, bytes): a TAP hands tags over inline."""
+        return read_until(self.fd, wait, lambda: (None, os.read(self.fd, 65536)))
 
     def drain(self) -> None:
         self.received(0.05)
@@ -94,9 +101,13 @@ class Wire:
         self.sock.send(data)
 
     def received(self, wait: float) -> list[tuple[int | None, str]]:
+        return [got for got in (parse(data, vid) for vid, data in self.raw(wait)) if got]
+
+    def raw(self, wait: float) -> list[tuple[int | None, bytes]]:
+        """Every frame as (VID the kernel took off it, or None; bytes)."""
         return read_until(self.sock, wait, self._read_one)
 
-    def _read_one(self) -> tuple[int | None, str] | None:
+    def _read_one(self) -> tuple[int | None, bytes]:
         data, anc, _flags, _addr = self.sock.recvmsg(65536, socket.CMSG_SPACE(20))
         aux_vid = None
         for level, kind, value in anc:
@@ -104,7 +115,7 @@ class Wire:
                 status, _len, _snap, _mac, _net, tci = struct.unpack("=IIIHHH", value[:18])
                 if status & TP_STATUS_VLAN_VALID:
                     aux_vid = tci & 0x0FFF
-        return parse(data, aux_vid)
+        return aux_vid, data
 
     def close(self) -> None:
         self.sock.close()

@@ -21,7 +21,8 @@ sys.path.insert(0, ROOT)
 from fcnetd.names import MANAGER_IFACE, MANAGER_PATH  # noqa: E402
 from fcnetd.testbus import PrivateBus  # noqa: E402
 from tests.kernel.frames import BROADCAST, Endpoint, Wire, frame, mac  # noqa: E402
-from tests.system.harness import Client, Daemon, v  # noqa: E402
+from tests.kernel.nat_checks import nat_scenarios  # noqa: E402
+from tests.system.harness import Client, Daemon, Netns, v  # noqa: E402
 
 WAIT = 0.6  # how long a silent port is watched; TCG is slow
 MANY_TAGGED = 2000  # scenario 10: tagged TAPs at a restart
@@ -29,7 +30,9 @@ DRIFTED = 5  # of them left in the wrong VLAN
 RESTART_BUDGET = 90  # s: systemd's default start timeout
 
 
-class Ns:
+class Ns(Netns):
+    """The namespace this runs in, made by the guest's command line."""
+
     def __init__(self, name: str):
         self.name = name
 
@@ -129,7 +132,7 @@ def vlans_of(dev: str) -> dict[int, list[str]]:
     return out
 
 
-def scenarios(report: Report, ns_name: str, workdir: str) -> None:
+def scenarios(report: Report, ns_name: str, workdir: str, only: str) -> None:
     ns = Ns(ns_name)
     for knob in ("all", "default"):
         sh("sysctl", "-q", "-w", f"net.ipv6.conf.{knob}.disable_ipv6=1")
@@ -147,13 +150,18 @@ def scenarios(report: Report, ns_name: str, workdir: str) -> None:
     config = os.path.join(workdir, "fcnetd.toml")
     with open(config, "w") as f:
         f.write('[daemon]\nhost = "guest"\n[bridges.fcbr0]\ncreate = true\nuplink = "upl0"\n'
-                '[bridges.fcbr1]\ncreate = true\n[bridges.fcbr2]\ncreate = false\n')
+                '[bridges.fcbr1]\ncreate = true\n[bridges.fcbr2]\ncreate = false\n'
+                # fcbr3: nat networks, untagged too, which a bridge with an uplink may not have
+                '[bridges.fcbr3]\ncreate = true\n')
     bus = PrivateBus().start()
     daemon = Daemon(ns, bus, os.path.join(workdir, "state"), config).start(timeout=300)
     client = Client(bus.address)
     lab = Lab(report)
     try:
-        run_scenarios(report, lab, client, daemon, ns, bus)
+        if only == "nat":
+            only_nat(report, client, daemon, ns)
+        else:
+            run_scenarios(report, lab, client, daemon, ns, bus)
     finally:
         print(daemon.output()[-4000:], flush=True)
         daemon.stop()
@@ -275,6 +283,8 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
         up = vlans_of("upl0")
         report.check(5, "after the last VLAN-10 network is deleted the uplink is not in VLAN 10",
                      10 not in up and 20 in up, f"bridge vlan show dev upl0: {up}")
+
+        nat_scenarios(report, client, again, ns, wire, vlans_of)  # 11-15
     finally:
         print(again.output()[-3000:], flush=True)
         wire.close()
@@ -331,6 +341,15 @@ def restart_with_many_tagged_taps(report, daemon, ns, bus):
         again.stop()
 
 
+def only_nat(report, client, daemon, ns):
+    """Just 11-15 (--only nat)."""
+    wire = Wire("upl0p")
+    try:
+        nat_scenarios(report, client, daemon, ns, wire, vlans_of)
+    finally:
+        wire.close()
+
+
 def wait_until(predicate, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -349,13 +368,14 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
     ap.add_argument("--netns", required=True)
+    ap.add_argument("--only", choices=["nat"], default="", help="run only scenarios 11-15 (the nat ones)")
     args = ap.parse_args()
     report = Report()
     error = None
     try:
         # State, sockets and logs on the guest's own tmpfs: the shared
         # folder (9p) refuses unix sockets and locks.
-        scenarios(report, args.netns, tempfile.mkdtemp(prefix="fcnetd-guest-"))
+        scenarios(report, args.netns, tempfile.mkdtemp(prefix="fcnetd-guest-"), args.only)
     except Exception:
         error = traceback.format_exc()
         print(error, flush=True)
