@@ -92,6 +92,10 @@ class TaggedNat:
         self.guests: dict[str, Guest] = {}
         self.leases: dict = {}
         self.nets: dict[str, dict] = {}
+        # Both guests' slow steps at once (TCG). Its threads live until
+        # close(): a relay ends when the thread that started it does
+        # (PR_SET_PDEATHSIG), and an idle pool thread waits for work.
+        self.pool = ThreadPoolExecutor(3)
 
     def step(self, scenario: int, step) -> None:
         started = time.monotonic()
@@ -121,12 +125,16 @@ class TaggedNat:
         self._drop("p20", "q30")  # only the probes needed them
         del vms["p20"], vms["q30"]
         untagged, tagged = self.nets["n0"], self.nets["n10"]
-        for key, vm in vms.items():
-            # In this thread: a relay ends when the thread that started it does (PR_SET_PDEATHSIG).
-            self.guests[key] = Guest(self.ns, vm["tap"], mac=vm["Mac"], timeout=RELAY_WAIT)
-        with ThreadPoolExecutor(2) as pool:  # both DHCP exchanges at once: TCG is slow
-            futures = {key: pool.submit(guest.dhcp, timeout=DHCP_WAIT) for key, guest in self.guests.items()}
-            self.leases = {key: future.result() for key, future in futures.items()}
+        futures = {key: self.pool.submit(Guest, self.ns, vm["tap"], mac=vm["Mac"], timeout=RELAY_WAIT)
+                   for key, vm in vms.items()}
+        for key, future in futures.items():
+            if future.exception() is None:
+                self.guests[key] = future.result()  # closed by close(), whatever happens next
+        for future in futures.values():
+            if future.exception() is not None:
+                raise future.exception()
+        futures = {key: self.pool.submit(guest.dhcp, timeout=DHCP_WAIT) for key, guest in self.guests.items()}
+        self.leases = {key: future.result() for key, future in futures.items()}
         for key, net in self.nets.items():
             vm, lease = vms[key], self.leases.get(key)
             got = (lease.ip, lease.prefix, lease.router, lease.server, lease.dns) if lease else None
@@ -136,7 +144,8 @@ class TaggedNat:
                               f"lease (ip, prefix, router, server, dns) {got}; reported {want}")
         gateway_port(self.report, daemon, tagged, untagged, self.vlans_of)
         if self.leases.get("n0") and self.leases.get("n10"):
-            routing(self.report, self.internet, self.guests["n0"], self.guests["n10"], self.leases, tagged, untagged)
+            routing(self.report, self.pool, self.internet, self.guests["n0"], self.guests["n10"], self.leases,
+                    tagged, untagged)
         problems = re.findall(r".*(?:ERROR|Traceback|WARNING fcnetd\.nat).*", daemon.output()[log_start:])
         self.report.check(13, "fcnetd logged no error and no nat warning meanwhile", not problems, "\n".join(problems))
 
@@ -162,6 +171,7 @@ class TaggedNat:
     def close(self) -> None:
         for guest in self.guests.values():
             guest.close()
+        self.pool.shutdown()
         if self.internet is not None:
             self.internet.close()
 
@@ -233,7 +243,7 @@ def gateway_port(report, daemon, tagged, untagged, vlans_of) -> None:
                  f"{[cmdline(p) for p in pids]}")
 
 
-def routing(report, internet, g0, g10, leases, tagged, untagged) -> None:
+def routing(report, pool, internet, g0, g10, leases, tagged, untagged) -> None:
     """13. Out through masquerade; nothing between the two nat networks."""
     for who, guest, net in (("tagged", g10, tagged), ("untagged", g0, untagged)):
         report.check(13, f"the {who} VM's guest reaches its gateway", guest.ping(net["Gateway"], timeout=10))
@@ -243,12 +253,13 @@ def routing(report, internet, g0, g10, leases, tagged, untagged) -> None:
     report.check(13, f"the tagged VM's guest reaches {Internet.OUTSIDE} outside, seen there as the host "
                  f"{Internet.HOST} (masquerade)", out and sources == {Internet.HOST},
                  f"answered {out}; the outside saw echo requests from {sources}")
-    for who, guest, target, what in (
-            ("tagged", g10, leases["n0"].ip, "the untagged network's VM"),
-            ("untagged", g0, leases["n10"].ip, "the tagged network's VM"),
-            ("tagged", g10, untagged["Gateway"], "the untagged network's gateway")):
-        report.check(13, f"the {who} VM's guest cannot reach {what} ({target})",
-                     not guest.ping(target, timeout=SILENT_PING))
+    cases = (("tagged", g10, leases["n0"].ip, "the untagged network's VM"),
+             ("untagged", g0, leases["n10"].ip, "the tagged network's VM"),
+             ("tagged", g10, untagged["Gateway"], "the untagged network's gateway"))
+    silent = [(who, target, what, pool.submit(guest.ping, target, timeout=SILENT_PING))
+              for who, guest, target, what in cases]  # at once: each waits out its timeout
+    for who, target, what, answered in silent:
+        report.check(13, f"the {who} VM's guest cannot reach {what} ({target})", not answered.result())
 
 
 def reconciled(report, daemon, tagged, vlans_of, g10, lease10) -> None:
