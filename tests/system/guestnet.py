@@ -92,7 +92,9 @@ def _netns_exec(ns: str, *cmd: str) -> list[str]:
 
 class Guest:
     """A VM stand-in: a namespace whose eth0 is joined to `tap` (in the daemon
-    namespace `ns`) by fcnetd.relay, which opens the TAP as Firecracker does."""
+    namespace `ns`) by fcnetd.relay, which opens the TAP as Firecracker does.
+    The relay ends with the thread that started it (PR_SET_PDEATHSIG names
+    the thread, not the process): make a Guest in the thread that uses it."""
 
     def __init__(self, ns: Netns, tap: str, mac: str | None = None, timeout: float = 10):
         self.ns, self.tap, self.ifname = ns, tap, "eth0"
