@@ -105,7 +105,7 @@ def main(argv=None) -> int:
             print(f"  web UI:   {url}")
         for line in nat_lines:
             print(line)
-        print("Ctrl-C stops it and removes the namespace.")
+        print("Ctrl-C stops it and removes its namespaces.")
         sys.stdout.flush()
         while not stop and all(p.poll() is None for p in procs):
             time.sleep(0.2)
