@@ -269,3 +269,24 @@ def test_a_restart_keeps_the_guests_address_and_one_dnsmasq(daemon, client, gues
     with open(os.path.join(state, "nat", f"{net['Id']}.leases")) as f:
         assert vm["Mac"].lower() in f.read().lower(), "the lease is kept"
     assert dnsmasq_pids(state, net["Id"]) == after
+
+
+def test_the_host_takes_no_ipv6_from_a_nat_network(daemon, client, guests):
+    """A nat network is IPv4 only: the host's IPv6 address on the port (the
+    bridge's link-local one, which the kernel gives it unasked) answers no
+    VM."""
+    net = nat(client, "fcbr0")
+    guest, _ = leased(guests, *start_vm(client, "vm-1", "fcbr0"))
+    ns = daemon.ns
+
+    def link_local(netns, ifname: str) -> str | None:
+        info = json.loads(netns.ip("-j", "-6", "addr", "show", "dev", ifname, "scope", "link").stdout)
+        found = [a["local"] for i in info for a in i.get("addr_info", []) if not a.get("tentative")]
+        return found[0] if found else None
+    run(["ip", "netns", "exec", guest.netns.name, "sysctl", "-q", "-w", f"net.ipv6.conf.{guest.ifname}.disable_ipv6=0"])
+    bridge_ll = wait_for(lambda: link_local(ns, "fcbr0"), what="the bridge's link-local address")
+    wait_for(lambda: link_local(guest.netns, guest.ifname), what="the guest's link-local address")
+    assert guest.ping(net["Gateway"]), "IPv4 to the gateway works, so the refusal below is about IPv6"
+    res = subprocess.run(["ip", "netns", "exec", guest.netns.name, "busybox", "ping", "-6", "-c", "2", "-W", "1",
+                          f"{bridge_ll}%{guest.ifname}"], capture_output=True, text=True, timeout=30)
+    assert res.returncode != 0, f"the host answered IPv6 from a nat network:\n{res.stdout}"
