@@ -337,6 +337,21 @@ class Netlink:
                 raise translate(e, device, "vlan_filtering") from e
         return await self.bridge(name)
 
+    async def _link_dump(self, attrs: list, what: str, family: int = 0) -> list[bytes]:
+        """The buffers of one RTM_GETLINK dump with these request attributes
+        (the kernel's filters), on fcnetd's own request socket."""
+        def encode(seq: int) -> bytes:
+            msg = ifinfmsg()
+            msg["family"] = family
+            msg["attrs"] = attrs
+            msg["header"].update(type=RTM_GETLINK, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=seq)
+            msg.encode()
+            return msg.data
+        try:
+            return await self._requests.dump(encode)
+        except OSError as e:
+            raise translate(e, Device("device", what), "read") from e
+
     # -- bridge port VLANs -----------------------------------------------
     async def all_port_vlans(self) -> dict[int, dict[int, frozenset[str]]]:
         """Every bridge port's VLANs, VID -> flags ('pvid', 'untagged'), by
@@ -344,17 +359,8 @@ class Netlink:
         RTEXT_FILTER_BRVLAN): reconcile reads it once, not once per port. Each
         bridge appears too, with its own VLANs. A port is {} where the kernel
         has no VLAN filtering (or the port no VLAN)."""
-        def encode(seq: int) -> bytes:
-            msg = ifinfmsg()
-            msg["family"] = AF_BRIDGE
-            msg["attrs"] = [("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN)]
-            msg["header"].update(type=RTM_GETLINK, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=seq)
-            msg.encode()
-            return msg.data
-        try:
-            parts = await self._requests.dump(encode)
-        except OSError as e:
-            raise translate(e, Device("device", "(all bridge ports)"), "read") from e
+        parts = await self._link_dump([("IFLA_EXT_MASK", RTEXT_FILTER_BRVLAN)], "(all bridge ports)",
+                                      family=AF_BRIDGE)
         result: dict[int, dict[int, frozenset[str]]] = {}
         for data in parts:
             parse_port_vlans(data, result)
@@ -553,16 +559,8 @@ class Netlink:
         rawnetlink's parser walks at little cost), then one request per VLAN
         device for its alias: a host with thousands of TAPs is not decoded
         through."""
-        def encode(seq: int) -> bytes:
-            msg = ifinfmsg()
-            msg["attrs"] = [("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vlan")]})]
-            msg["header"].update(type=RTM_GETLINK, flags=NLM_F_REQUEST | NLM_F_DUMP, sequence_number=seq)
-            msg.encode()
-            return msg.data
-        try:
-            parts = await self._requests.dump(encode)
-        except OSError as e:
-            raise translate(e, Device("device", "(all VLAN devices)"), "read") from e
+        parts = await self._link_dump([("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "vlan")]})],
+                                      "(all VLAN devices)")
         found = {}
         for event in (e for data in parts for e in parse_link_events(data)):
             if event.kind != "vlan":

@@ -22,13 +22,19 @@ def two_hosts(tmp_path_factory):
     stack.close()
 
 
-def test_host_column_and_host_select(browser, two_hosts, shot):
+def signed_in(browser, url: str):
+    """A page of the Networks list, signed in as admin."""
     page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-    page.goto(two_hosts + "/login")
+    page.goto(url + "/login")
     page.fill("#username", "admin")
     page.fill("#password", PASSWORDS["admin"])
     page.click("button[type=submit]")
     page.wait_for_selector("#networks")
+    return page
+
+
+def test_host_column_and_host_select(browser, two_hosts, shot):
+    page = signed_in(browser, two_hosts)
     page.click("#create-open")
     expect(page.locator("#c-host")).to_be_visible()
     assert page.locator("#c-host option").all_inner_texts() == ["node1", "node2"]
@@ -55,12 +61,7 @@ def test_a_late_bridge_list_keeps_the_bridge_the_user_chose(browser, two_hosts):
     user had picked a bridge reset the pick to the first bridge, and the
     dialog created fcbr0 where the user had chosen fcbr1 (seen as a flaky
     wait for fcbr1's row in the test above)."""
-    page = browser.new_context(viewport={"width": 1280, "height": 800}).new_page()
-    page.goto(two_hosts + "/login")
-    page.fill("#username", "admin")
-    page.fill("#password", PASSWORDS["admin"])
-    page.click("button[type=submit]")
-    page.wait_for_selector("#networks")
+    page = signed_in(browser, two_hosts)
     page.click("#create-open")
     expect(page.locator("#c-bridge option")).to_have_text(["fcbr0", "fcbr1", "fcbr2"])
     held = []
