@@ -218,8 +218,9 @@ class Daemon:
             log.warning("link events were lost; reading the bridges and TAPs again")
             self._spawn(self.engine.resync())
         elif ev.ifname in self.config.bridges:
-            if self.engine.bridge_changed(ev.ifname, bridge_state_of(ev)):
-                self._spawn(self.engine.restore_vlan_filtering(ev.ifname))
+            repair = self.engine.bridge_changed(ev.ifname, bridge_state_of(ev))
+            if repair is not None:
+                self._spawn(repair())
         elif ev.event == "RTM_DELLINK":
             self.engine.tap_vanished(ev.ifname)
         else:

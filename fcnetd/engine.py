@@ -14,7 +14,9 @@ import asyncio
 import logging
 import random
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field, replace
+from functools import partial
 from typing import NamedTuple
 
 from . import errors as E
@@ -110,11 +112,15 @@ class Engine:
         self._attaching: dict[tuple[str, int], int] = {}
         self._uplink_claims: set[tuple[str, int]] = set()  # (bridge, vlan) of networks being created
         self._preparing: dict[tuple[str, bool], asyncio.Future] = {}
+        # Bridges carrying networks that vanished (a reboot, an admin's
+        # `ip link del`): when one is there again, whoever made it, a
+        # reconcile puts back what fcnetd keeps on it (TAPs, gateways).
+        self._lost_bridges: set[str] = set()
         self._creating: dict[tuple[str, int], asyncio.Future] = {}
         # Reconcile holds the gate alone; a resync after lost link events
         # only shares it. Each is coalesced.
         self.reconcile = Coalesced(self.gate.exclusive, self.reconcile_exclusive)
-        self.resync = Coalesced(self.gate.shared, self._resync)
+        self._resync_read = Coalesced(self.gate.shared, self._resync)
         self.stats = Stats()
         registry.observer = self.stats.observe_write
         # Observers are told after a change is on disk (or in the kernel).
@@ -231,18 +237,45 @@ class Engine:
         self.set_bridge(bridge, state)
         return state
 
-    def bridge_changed(self, bridge: str, state: BridgeState | None) -> bool:
+    def bridge_changed(self, bridge: str, state: BridgeState | None) -> Callable[[], Awaitable] | None:
         """A link event for an allowed bridge, with its state as the kernel
-        tells it. True if VLAN filtering was turned off behind our back on a
-        bridge that carries tagged networks: the caller must restore it
-        (restore_vlan_filtering). Until then the cached state says it is
-        off, so no tagged TAP is plugged: create_tap turns it on first."""
+        tells it. Returns the repair the caller must run, if any:
+        - a bridge carrying networks vanished, or came back after that: a
+          reconcile makes it again (`create = true`) and puts its TAPs and
+          nat gateways back on it;
+        - VLAN filtering turned off behind our back on a bridge that carries
+          tagged networks: turn it on again. Until then the cached state
+          says it is off, so no tagged TAP is plugged: create_tap turns it
+          on first."""
+        was = self.bridges.get(bridge)
         self.set_bridge(bridge, state)
-        if state is None or state.vlan_filtering is not False or not self._carries_tagged(bridge):
-            return False
+        if state is None:
+            if was is None or not self._carries(bridge):
+                return None
+            self._lost_bridges.add(bridge)
+            self.stats.reconcile["drift"] += 1
+            log.warning("bridge %s, which carries networks, was deleted behind fcnetd's back; %s", bridge,
+                        "making it again" if self.config.bridges[bridge].create else "waiting for it to return")
+            return self.reconcile_drift
+        # A delete and a make that reached us as one event: a new index.
+        remade = was is not None and was.index != state.index and self._carries(bridge)
+        if bridge in self._lost_bridges or remade:
+            self._lost_bridges.discard(bridge)
+            log.info("bridge %s is back; putting fcnetd's ports and addresses on it again", bridge)
+            return self.reconcile_drift
+        if state.vlan_filtering is not False or not self._carries_tagged(bridge):
+            return None
         self.stats.reconcile["drift"] += 1
         log.warning("VLAN filtering on bridge %s was turned off behind fcnetd's back; turning it on again", bridge)
-        return True
+        return partial(self.restore_vlan_filtering, bridge)
+
+    async def reconcile_drift(self) -> None:
+        """A reconcile (coalesced), as a coroutine a link event's handler
+        can run as a task."""
+        await self.reconcile()
+
+    def _carries(self, bridge: str) -> bool:
+        return any(n.bridge == bridge for n in self.registry.networks.values())
 
     def _carries_tagged(self, bridge: str) -> bool:
         return any(n.bridge == bridge and n.vlan for n in self.registry.networks.values())
@@ -623,20 +656,28 @@ class Engine:
         return True
 
     # -- reconcile -----------------------------------------------------------
-    async def _resync(self) -> None:
-        """After lost link events: the bridges' and the TAPs' state read
-        again, with the gate shared, so VM starts and stops go on. Nothing
-        is adopted or reaped (that is reconcile's work, with the gate held
-        alone); merged per TAP: only a TAP the engine held before the read
-        and still holds unchanged after it is compared, so one created or
-        deleted meanwhile is left to the call that did it."""
+    async def resync(self) -> None:
+        """After lost link events: the state read again (_resync), then the
+        repairs what it read asks for, run once the gate is released (one
+        is a reconcile, which holds the gate alone)."""
+        for repair in await self._resync_read():
+            await repair()
+
+    async def _resync(self) -> list[Callable[[], Awaitable]]:
+        """The bridges' and the TAPs' state read again, with the gate
+        shared, so VM starts and stops go on. Nothing is adopted or reaped
+        (that is reconcile's work, with the gate held alone); merged per
+        TAP: only a TAP the engine held before the read and still holds
+        unchanged after it is compared, so one created or deleted meanwhile
+        is left to the call that did it. Returns the bridges' repairs."""
+        repairs = []
         for bridge in self.config.bridges:
             try:
                 state = await self.netlink.bridge(bridge)
             except E.FcnetError:
                 state = None
-            if self.bridge_changed(bridge, state):
-                await self.restore_vlan_filtering(bridge)
+            if (repair := self.bridge_changed(bridge, state)) is not None:
+                repairs.append(repair)
         before = dict(self.taps)
         kernel = await self.netlink.taps()
         for key, tap in before.items():
@@ -647,6 +688,7 @@ class Engine:
                 self.tap_vanished(tap.name)
             else:
                 self.tap_changed(tap.name, now.up, now.carrier)
+        return repairs
 
     async def reconcile_exclusive(self) -> dict[str, int]:
         """The reconcile itself, for a caller that holds the gate alone:
@@ -654,9 +696,27 @@ class Engine:
         drift. Devices without fcnetd's tag are never touched."""
         assert self.gate.held_exclusive, "reconcile runs with the gate held alone"
         result = defaultdict(int)
-        for bridge in self.config.bridges:
+        for bridge, cfg in self.config.bridges.items():
             await self.refresh_bridge(bridge)
             state = self.bridges.get(bridge)
+            if state is None and self._carries(bridge):
+                # Its networks had it when they were made (CreateNetwork
+                # prepares the bridge): after a reboot, or a delete behind
+                # fcnetd's back, it is made again where fcnetd may.
+                if cfg.create:
+                    log.warning("bridge %s, which carries networks, is missing; making it again", bridge)
+                    try:
+                        state = await self._prepare_bridge(bridge, int(self._carries_tagged(bridge)))
+                        result["drift"] += 1
+                    except E.FcnetError as e:
+                        log.error("cannot make bridge %s again: %s", bridge, e)
+                        result["error"] += 1
+                else:
+                    log.warning("bridge %s, which carries networks, is missing (create = false: "
+                                "fcnetd waits for it)", bridge)
+                    self._lost_bridges.add(bridge)
+            if state is not None:
+                self._lost_bridges.discard(bridge)
             if state is not None and state.vlan_filtering is False and self._carries_tagged(bridge):
                 log.warning("VLAN filtering on bridge %s is off though it carries tagged networks; "
                             "turning it on again", bridge)

@@ -290,3 +290,69 @@ def test_the_host_takes_no_ipv6_from_a_nat_network(daemon, client, guests):
     res = subprocess.run(["ip", "netns", "exec", guest.netns.name, "busybox", "ping", "-6", "-c", "2", "-W", "1",
                           f"{bridge_ll}%{guest.ifname}"], capture_output=True, text=True, timeout=30)
     assert res.returncode != 0, f"the host answered IPv6 from a nat network:\n{res.stdout}"
+
+
+def test_after_a_host_reboot_the_first_vm_gets_its_gateway_and_lease(daemon, client, guests):
+    """A reboot takes the bridge, its gateway address and every TAP with
+    it (the registry stays). The first VM started afterwards (its CreateTap
+    makes the bridge again) must find its network whole: the gateway on
+    the bridge and a dnsmasq that leases it its reported address."""
+    ns, state = daemon.ns, daemon.state_dir
+    net = nat(client, "fcbr0")
+    tap, vm = start_vm(client, "vm-1", "fcbr0")
+    leased(guests, tap, vm)
+    assert daemon.stop() == 0
+    ns.ip("link", "del", tap)
+    ns.ip("link", "del", "fcbr0")  # what a reboot leaves: no bridge, no TAP, no address
+    daemon.start()
+
+    tap = client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})[0]
+    wait_for(lambda: ipv4_on(ns, "fcbr0") == [f"{net['Gateway']}/24"], 10,
+             what="the gateway on the bridge CreateTap made again")
+    wait_for(lambda: len(dnsmasq_pids(state, net["Id"])) == 1, 10, what="the network's dnsmasq")
+    _, lease = leased(guests, tap, vm)
+    assert lease.ip == vm["Ip"]
+    assert lease.router == net["Gateway"]
+
+
+def test_a_bridge_deleted_behind_fcnetds_back_is_made_again_with_its_tap_and_gateway(daemon, client, guests):
+    """An admin deletes a nat network's bridge (`create = true`) by mistake:
+    fcnetd makes it again and puts back what it owns on it (the VM's TAP
+    as a port, the gateway address); the VM's DHCP works again."""
+    ns = daemon.ns
+    net = nat(client, "fcbr0")
+    tap, vm = start_vm(client, "vm-1", "fcbr0")
+    guest, _ = leased(guests, tap, vm)
+    ns.ip("link", "del", "fcbr0")
+    wait_for(lambda: ipv4_on(ns, "fcbr0") == [f"{net['Gateway']}/24"], 10, what="the gateway back on the bridge")
+    wait_for(lambda: (ns.link(tap) or {}).get("master") == "fcbr0", 10, what="the TAP back on the bridge")
+    again = guest.renew()
+    assert again is not None and again.ip == vm["Ip"]
+    assert guest.ping(net["Gateway"])
+
+
+def test_an_admins_bridge_made_again_by_hand_gets_fcnetds_tap_and_gateway_back(ns, bus, tmp_path, internet,
+                                                                                client, guests):
+    """A bridge fcnetd may not make (`create = false`) is deleted: fcnetd
+    waits, and once the admin makes it again puts its TAP and gateway on it."""
+    ns.ip("link", "add", "adm0", "type", "bridge")
+    ns.ip("link", "set", "adm0", "up")
+    config = tmp_path / "admin.toml"
+    config.write_text('[daemon]\nhost = "node1"\n\n[bridges.adm0]\n')
+    daemon = Daemon(ns, bus, str(tmp_path / "state"), str(config)).start()
+    try:
+        net = nat(client, "adm0")
+        tap, vm = start_vm(client, "vm-1", "adm0")
+        guest, _ = leased(guests, tap, vm)
+        ns.ip("link", "del", "adm0")
+        assert ns.link("adm0") is None or wait_for(lambda: ns.link("adm0") is None, 5, what="adm0 to stay gone")
+        ns.ip("link", "add", "adm0", "type", "bridge")
+        ns.ip("link", "set", "adm0", "up")
+        wait_for(lambda: ipv4_on(ns, "adm0") == [f"{net['Gateway']}/24"], 10, what="the gateway back on adm0")
+        wait_for(lambda: (ns.link(tap) or {}).get("master") == "adm0", 10, what="the TAP back on adm0")
+        again = guest.renew()
+        assert again is not None and again.ip == vm["Ip"]
+    finally:
+        daemon.stop()
+        for pid in dnsmasq_pids(daemon.state_dir):
+            os.kill(pid, signal.SIGKILL)

@@ -2,6 +2,7 @@
 always ends in READY=1."""
 
 import asyncio
+import dataclasses
 
 import pytest
 
@@ -18,10 +19,11 @@ def test_vlan_filtering_turned_off_behind_our_back_is_drift_and_is_restored(tmp_
         await e.create_network("", "fcbr0", 10)
         calls = e.netlink.calls["ensure_bridge"]
         off = BridgeState("fcbr0", 1, True, False, 1)  # what the link event says
-        assert e.bridge_changed("fcbr0", off) is True
+        repair = e.bridge_changed("fcbr0", off)
+        assert repair is not None
         assert e.status(e.find_network("fcbr0-vlan-10")) == "vlan-filtering-off"
         assert e.stats.reconcile["drift"] == 1
-        await e.restore_vlan_filtering("fcbr0")
+        await repair()
         assert e.netlink.calls["ensure_bridge"] == calls + 1  # turned on again, with vlan_filtering
         assert e.status(e.find_network("fcbr0-vlan-10")) == "active"
     asyncio.run(go())
@@ -32,7 +34,7 @@ def test_filtering_off_on_a_bridge_without_tagged_networks_is_left_alone(tmp_pat
 
     async def go():
         await e.create_network("", "fcbr0", 0)
-        assert e.bridge_changed("fcbr0", BridgeState("fcbr0", 1, True, False, 1)) is False
+        assert e.bridge_changed("fcbr0", BridgeState("fcbr0", 1, True, False, 1)) is None
         assert e.stats.reconcile["drift"] == 0
     asyncio.run(go())
 
@@ -86,3 +88,24 @@ def test_a_failed_uplink_sync_refuses_the_network_instead_of_answering_an_error_
         kernel.set_port_vlans = YieldingNetlink.set_port_vlans.__get__(kernel)
         return await e.create_network("", "fcbr0", 10)
     assert asyncio.run(go()).name == "fcbr0-vlan-10"
+
+
+def test_a_bridge_carrying_networks_that_vanishes_and_returns_asks_for_reconciles(tmp_path):
+    """Deleted behind fcnetd's back: a reconcile makes it again (create =
+    true) or waits; back (by anyone's hand, or as one event with a new
+    index): a reconcile puts fcnetd's ports and addresses on it again."""
+    e = make(tmp_path)
+
+    async def go():
+        await e.create_network("", "fcbr0", 0)
+        present = e.bridges["fcbr0"]
+        assert e.bridge_changed("fcbr0", None) == e.reconcile_drift
+        assert e.stats.reconcile["drift"] == 1
+        assert e.bridge_changed("fcbr0", present) == e.reconcile_drift  # back
+        assert e.bridge_changed("fcbr0", present) is None  # nothing new
+        assert e.bridge_changed("fcbr0", dataclasses.replace(present, index=present.index + 7)) == e.reconcile_drift
+        assert e.bridge_changed("fcbr1", None) is None  # carries no network
+        e.set_bridge("fcbr0", None)
+        await e.reconcile()
+        assert e.bridges["fcbr0"] is not None, "reconcile makes a create = true bridge carrying networks again"
+    asyncio.run(go())
