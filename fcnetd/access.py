@@ -14,8 +14,9 @@ cannot change while it is connected), then decides per (connection, action):
   decides (polkit.py);
 - where none is (the demo, the private test bus), the built-in rule decides:
   members of group `fcnet` hold both actions, everyone else neither.
-A verdict holds VERDICT_SECONDS, so a polkit rule change reaches an open
-connection within that time. Calls waiting on one lookup share it. A lookup
+polkit's verdicts hold VERDICT_SECONDS, so a rule change reaches an open
+connection within that time; the others hold until a reload or a change of
+authority. Calls waiting on one lookup share it. A lookup
 that fails (the bus will not say who called, polkit gives no answer) refuses
 the calls waiting on it and is not remembered: the next call asks again.
 
@@ -33,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import grp
 import logging
+import math
 import os
 import pwd
 import time
@@ -50,7 +52,7 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 NETWORK_SUBTREE = NETWORK_PATH_PREFIX.rstrip("/")
 ACCESS_DENIED = ERROR_PREFIX + "AccessDenied"
 CACHE_SIZE = 4096
-VERDICT_SECONDS = 10.0  # how long a verdict holds for one connection and action (README, "Access")
+VERDICT_SECONDS = 10.0  # how long polkit's verdict holds for one connection and action (README, "Access")
 
 # The polkit actions (contract: admins name them in rules; polkit/*.policy).
 READ = "org.fcnetd.network1.read"
@@ -231,13 +233,13 @@ class AccessGate:
         sender, action = key
         try:
             caller = await self._caller(sender)
-            refusal = await self._decide(caller, action)
+            refusal, lifetime = await self._decide(caller, action)
         except AccessCheckFailed as e:
             self._refuse_pending(key, str(e))
             return
         if refusal is not None:
             log.info("denied %s (uid %d, pid %s): %s", sender, caller.uid, caller.pid, action)
-        self._verdicts[key] = (self.clock() + VERDICT_SECONDS, refusal)
+        self._verdicts[key] = (self.clock() + lifetime, refusal)
         self._verdicts.move_to_end(key)
         if len(self._verdicts) > 2 * CACHE_SIZE:
             self._verdicts.popitem(last=False)
@@ -269,22 +271,26 @@ class AccessGate:
             self.callers.popitem(last=False)
         return caller
 
-    async def _decide(self, caller: Caller, action: str) -> str | None:
-        """None if the caller holds the action, else the refusal to answer."""
+    async def _decide(self, caller: Caller, action: str) -> tuple[str | None, float]:
+        """(None if the caller holds the action, else the refusal to answer;
+        how long that holds). Only polkit's answers can change while the
+        connection lives (a rule edited); the rest depends on the
+        credentials and the config, and a reload or a change of authority
+        forgets it."""
         if caller.uid == 0:
-            return None
+            return None, math.inf
         await self._mode_known.wait()
         if self.mode == BUILTIN_MODE:
-            return None if allowed(caller.uid, caller.gids, self.access_gid) else BUILTIN_REFUSAL
+            return (None if allowed(caller.uid, caller.gids, self.access_gid) else BUILTIN_REFUSAL), math.inf
         try:
             if await polkit.is_authorized(self.conn, caller.sender, action):
-                return None
+                return None, VERDICT_SECONDS
         except polkit.PolkitUnavailable as e:
             log.warning("polkit gave no verdict on %s for %s (uid %d): %s; its waiting calls are refused",
                         action, caller.sender, caller.uid, e)
             raise AccessCheckFailed(f"access check failed: polkit gave no verdict on {action} ({e}); "
                                     "the call was not run and may be retried") from None
-        return f"access denied: polkit does not grant {action} to uid {caller.uid}"
+        return f"access denied: polkit does not grant {action} to uid {caller.uid}", VERDICT_SECONDS
 
     def _refuse_pending(self, key: tuple[str, str], reason: str) -> None:
         for msg in self._pending.pop(key, []):

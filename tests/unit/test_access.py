@@ -220,17 +220,25 @@ def test_a_call_without_interface_and_a_wrong_signature_names_the_expected_one()
 
 # -- which authority decides ---------------------------------------------------
 
-def test_without_polkit_on_the_bus_the_built_in_rule_decides_and_the_log_says_so(caplog):
+def test_without_polkit_on_the_bus_the_built_in_rule_decides_and_the_log_says_so(caplog, monkeypatch):
     caplog.set_level("INFO", logger="fcnetd.access")
+    monkeypatch.setattr(access, "group_id", lambda: FCNET_GID)
+    clock = Clock()
     conn = FakeConn(creds=[MEMBER, OUTSIDER], authority=False)
 
     async def go():
-        gate = await installed(conn)
+        gate = await installed(conn, clock)
         assert gate.mode == access.BUILTIN_MODE
         assert await through(gate, conn, create_call(sender=":1.5")) == "allowed"
         reply = await through(gate, conn, list_call(sender=":1.6"))
         assert denied(reply) and reply.body == [access.BUILTIN_REFUSAL]
         assert conn.checks == []
+        clock.now += 3600  # the built-in rule's verdicts change only with the config
+        assert gate._on_message(create_call(sender=":1.5", serial=4)) is None
+        gate.reload()
+        assert gate._on_message(create_call(sender=":1.5", serial=5)) is True
+        await settle(gate)
+        assert conn.asked == 2, "credentials are kept across a reload"
 
     asyncio.run(go())
     assert "authorization at start: built-in rule: root and group fcnet may call" in caplog.text
@@ -254,13 +262,16 @@ def test_with_polkit_on_the_bus_polkit_decides_each_action_apart(caplog):
     assert "authorization at start: polkit decides" in caplog.text
 
 
-def test_root_is_never_asked_about():
+def test_root_is_never_asked_about_and_its_verdict_does_not_expire():
+    clock = Clock()
     conn = FakeConn(creds=[ROOT], authority=True)
 
     async def go():
-        gate = await installed(conn)
+        gate = await installed(conn, clock)
         assert await through(gate, conn, create_call()) == "allowed"
         assert await through(gate, conn, list_call(serial=4)) == "allowed"
+        clock.now += 3600
+        assert gate._on_message(list_call(serial=5)) is None, "held for a new verdict"
         assert conn.checks == []
 
     asyncio.run(go())
