@@ -227,6 +227,8 @@ class AccessGate:
             return Message.new_error(
                 msg, INVALID_ARGS,
                 f"{msg.member} takes arguments of signature '{expected}', got '{msg.signature}'")
+        # Let through to dispatch. `caller` is this connection's credentials
+        # (uid, pid, gids): what a record of who made the call would take.
         return None
 
     async def _resolve(self, key: tuple[str, str]) -> None:
