@@ -15,6 +15,7 @@ APT_PACKAGES=(
   gcc libc6-dev                                   # bench: builds tapfloor.c, CreateTap's physical floor
   nftables python3-nftables                       # nat networks: libnftables and its binding (fcnetd/firewall.py)
   dnsmasq-base                                    # nat networks: DHCP and DNS (fcnetd/dnsmasq.py; makes user dnsmasq)
+  polkitd                                         # system tier: a real polkit authority (tests/system/polkitd.py)
 )
 
 missing=()

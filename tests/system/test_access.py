@@ -3,6 +3,7 @@ policy and, without the policy file, by the daemon itself."""
 
 import asyncio
 import grp
+import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -12,7 +13,8 @@ from fcnetd.bus import Message, MessageType, connect
 from fcnetd.names import BUS_NAME, MANAGER_PATH
 from fcnetd.testbus import PrivateBus
 
-from .harness import Daemon, busctl
+from .busclient import UserConnection
+from .harness import Daemon, busctl, v, wait_for
 
 NOBODY = 65534
 LIST = ["call", "org.fcnetd.Network1", "/org/fcnetd/Network1", "org.fcnetd.Network1.Manager",
@@ -25,12 +27,50 @@ def fcnet_gid():
     return grp.getgrnam("fcnet").gr_gid
 
 
-def test_unprivileged_caller_is_refused_by_the_bus_policy(daemon, bus):
-    res = busctl(bus.address, *LIST, user=NOBODY, check=False)
-    assert res.returncode != 0 and "Access denied" in res.stderr, res.stderr
-    res = busctl(bus.address, *CREATE, user=NOBODY, check=False)
-    assert res.returncode != 0
+def test_an_outsider_reaches_fcnetd_only_with_reads_and_fcnetd_refuses_them(daemon, bus):
+    """No polkit on this bus: the bus policy lets anyone send the reads and
+    leaves the verdict to fcnetd's built-in rule; a method that changes
+    state is refused by the policy itself."""
+    outsider = UserConnection(bus.address, NOBODY)
+    try:
+        err = outsider.error("ListNetworks", "a{sv}", {})
+        assert err.type == "org.fcnetd.Network1.Error.AccessDenied", err.type
+        assert err.text == "access denied: only root and members of group fcnet may call fcnetd"
+        err = outsider.error("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
+        assert err.type == "org.freedesktop.DBus.Error.AccessDenied", err.type
+    finally:
+        outsider.close()
     assert busctl(bus.address, *LIST).stdout.strip() == "aa{sv} 0"
+    assert "authorization at start: built-in rule: root and group fcnet may call" in daemon.output()
+
+
+SIGNALS_FROM_FCNETD = "type='signal',sender='org.fcnetd.Network1'"
+
+
+def test_only_root_and_fcnet_receive_fcnetds_signals(daemon, bus, client):
+    """Regression: any local user could add a match and read every network's
+    description (InterfacesAdded) and TAP names (PropertiesChanged).
+    (Eavesdropping and BecomeMonitor are root's alone on a system bus.)"""
+    outsider = UserConnection(bus.address, NOBODY)
+    member = UserConnection(bus.address, NOBODY, groups=[fcnet_gid()])
+    try:
+        outsider.add_match(SIGNALS_FROM_FCNETD)
+        member.add_match(SIGNALS_FROM_FCNETD)
+        client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {"description": v("s", "payroll segment")})
+        client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
+        client.call("CreateTap", "ssa{sv}", "vm-1", "eth0", {})
+        seen = []
+
+        def member_saw_the_tap():
+            seen.extend(member.signals())
+            return any(s["member"] == "PropertiesChanged" and "Taps" in json.dumps(s["body"]) for s in seen)
+        wait_for(member_saw_the_tap, what="the fcnet member to receive the TAP's PropertiesChanged")
+        assert any(s["member"] == "InterfacesAdded" and "payroll segment" in json.dumps(s["body"]) for s in seen)
+        # everything fcnetd sent up to now has reached whoever may receive it
+        assert outsider.signals() == []
+    finally:
+        outsider.close()
+        member.close()
 
 
 def test_member_of_fcnet_may_call(daemon, bus):
