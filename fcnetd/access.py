@@ -24,6 +24,7 @@ import pwd
 from collections import OrderedDict
 
 from .bus import DBusError, Message, MessageType, call, redispatch, wants_reply
+from .caller import CallerBook
 from .names import (ACCESS_GROUP, ERROR_PREFIX, INVALID_ARGS, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
                     NETWORK_PATH_PREFIX)
 
@@ -83,6 +84,7 @@ class AccessGate:
         self.access_gid = group_id()
         self.signatures = signatures  # (interface, member) -> in-signature
         self._verdicts: OrderedDict[str, bool] = OrderedDict()
+        self.callers = CallerBook(CACHE_SIZE)  # audit: who each connection is (caller.py)
         self._pending: dict[str, list] = {}
         self._tasks: set = set()
         self.denied = 0
@@ -116,6 +118,7 @@ class AccessGate:
             return Message.new_error(
                 msg, INVALID_ARGS,
                 f"{msg.member} takes arguments of signature '{expected}', got '{msg.signature}'")
+        self.callers.enter(msg.sender)  # audit: dispatch (next) runs the call in a task that copies this
         return None
 
     async def _resolve(self, sender: str) -> None:
@@ -129,6 +132,7 @@ class AccessGate:
             log.warning("cannot get credentials of %s (%s): its waiting calls are refused", sender, reason)
             self._refuse_pending(sender, reason)
             return
+        self.callers.remember(sender, creds)  # audit: uid, pid and unit of the connection
         verdict = allowed(uid, gids, self.access_gid)
         if not verdict:
             log.info("denied %s", sender)

@@ -1,0 +1,117 @@
+"""Who made the call being served: its bus credentials, its systemd unit and
+the person it says it acts for, for the audit trail (audit.py).
+
+The access gate (access.py) asks the bus for each connection's credentials
+before it lets a call through; it files them here (CallerBook.remember) and,
+just before dispatch, makes the call's Caller current (CallerBook.enter).
+dbus-fast then runs each method in a task of its own, made right after the
+gate in the same synchronous dispatch; a task starts with a copy of the
+context it was made in, so the handler, and any task it starts, reads its
+own caller from `current`, whatever runs in between. Work the daemon does
+on its own (reconcile, drift repair, reload) records no caller at all.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+
+from .errors import InvalidArgs, excerpt
+
+ACTOR_MAX = 64
+# systemd's unit_name_is_valid (plain and instance names) and its unit types
+_UNIT = re.compile(r"[A-Za-z0-9:_.\\-]+(@[A-Za-z0-9:_.\\-]*)?\."
+                   r"(service|socket|target|device|mount|automount|swap|timer|path|slice|scope)")
+UNIT_NAME_MAX = 255
+
+
+@dataclass(frozen=True)
+class Caller:
+    sender: str | None  # the connection's unique bus name
+    uid: int | None
+    pid: int | None
+    unit: str | None  # its systemd unit, named as journald's _SYSTEMD_UNIT names it
+    actor: str | None = None  # who the caller says it acts for (option `actor`)
+
+
+current: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("fcnetd_caller", default=None)
+
+
+def acting_for(actor: str) -> None:
+    """Marks the current call as made for `actor` (already checked), for
+    the rest of its task and the tasks it starts."""
+    who = current.get()
+    current.set(replace(who, actor=actor) if who is not None else Caller(None, None, None, None, actor))
+
+
+def check_actor(value: str) -> str:
+    if not 1 <= len(value) <= ACTOR_MAX or not value.isprintable():
+        raise InvalidArgs("actor", f"{excerpt(value)} must be 1-{ACTOR_MAX} printable characters (the name "
+                                   "of the person the call is made for, e.g. the web UI's signed-in user)")
+    return value
+
+
+def _unescape(part: str) -> str:
+    # systemd prefixes a cgroup name with "_" where it could clash (cg_escape)
+    return part[1:] if part.startswith("_") else part
+
+
+def unit_of_cgroup(path: str) -> str | None:
+    """The unit a cgroup path belongs to, the way systemd's cg_path_get_unit
+    finds it: skip the slices, the next component is the unit, if it is a
+    valid unit name that is not a slice (/user.slice/user-1000.slice/
+    user@1000.service/app.slice/x.service is user@1000.service)."""
+    for part in path.strip("/").split("/"):
+        name = _unescape(part)
+        if len(name) > UNIT_NAME_MAX or not (m := _UNIT.fullmatch(name)):
+            return None
+        if m.group(2) != "slice":
+            return name
+    return None
+
+
+def unit_of_pid(pid: int) -> str | None:
+    """From /proc/PID/cgroup: the unified hierarchy's line, or on a legacy
+    cgroup-v1 host systemd's own (name=systemd). None if the process is
+    gone or in no unit."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    paths = {}
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        paths[controllers] = path
+    path = paths.get("name=systemd", paths.get(""))
+    return unit_of_cgroup(path) if path else None
+
+
+def from_credentials(sender: str, creds: dict) -> Caller:
+    """creds: GetConnectionCredentials' answer (a{sv}, values unwrapped or not)."""
+    def value(key):
+        v = creds.get(key)
+        return getattr(v, "value", v)
+    pid = value("ProcessID")
+    return Caller(sender, value("UnixUserID"), pid, unit_of_pid(pid) if pid else None)
+
+
+class CallerBook:
+    """The callers the access gate has looked up, by unique bus name, as many
+    as it keeps verdicts for (the oldest forgotten first, as there)."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self._callers: OrderedDict[str, Caller] = OrderedDict()
+
+    def remember(self, sender: str, creds: dict) -> None:
+        self._callers[sender] = from_credentials(sender, creds)
+        if len(self._callers) > self.size:
+            self._callers.popitem(last=False)
+
+    def enter(self, sender: str) -> None:
+        """Makes this sender the current caller for the call about to be
+        dispatched (None if unknown: the entry then names no caller)."""
+        current.set(self._callers.get(sender))
