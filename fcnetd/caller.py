@@ -72,21 +72,25 @@ def unit_of_cgroup(path: str) -> str | None:
     return None
 
 
-def unit_of_pid(pid: int) -> str | None:
-    """From /proc/PID/cgroup: the unified hierarchy's line, or on a legacy
-    cgroup-v1 host systemd's own (name=systemd). None if the process is
-    gone or in no unit."""
-    try:
-        with open(f"/proc/{pid}/cgroup") as f:
-            lines = f.read().splitlines()
-    except OSError:
-        return None
+def unit_of_proc_cgroup(text: str) -> str | None:
+    """From a /proc/PID/cgroup: systemd's own hierarchy (name=systemd) where
+    there is one (cgroup v1, hybrid), else the unified one (the "0::" line)."""
     paths = {}
-    for line in lines:
-        _, controllers, path = line.split(":", 2)
-        paths[controllers] = path
+    for line in text.splitlines():
+        parts = line.split(":", 2)
+        if len(parts) == 3:
+            paths[parts[1]] = parts[2]
     path = paths.get("name=systemd", paths.get(""))
     return unit_of_cgroup(path) if path else None
+
+
+def unit_of_pid(pid: int) -> str | None:
+    """None if the process is gone or in no unit."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as f:
+            return unit_of_proc_cgroup(f.read())
+    except OSError:
+        return None
 
 
 def from_credentials(sender: str, creds: dict) -> Caller:
