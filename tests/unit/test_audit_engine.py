@@ -10,7 +10,7 @@ import pytest
 from fcnetd import caller, errors as E
 from fcnetd.caller import Caller
 from fcnetd.model import Network
-from fcnetd.netlink import TapState
+from fcnetd.netlink import BridgeState, TapState
 
 from .test_engine import make
 
@@ -136,3 +136,15 @@ def test_reconcile_reports_its_repairs_and_reaps_as_the_daemons_own(tmp_path):
         ("tap-deleted", None, {"vm": "vm-gone", "nic": "eth0", "tap": "vmtap000001",
                                "reason": "VM NIC not attached"}),
     ]
+
+
+def test_vlan_filtering_turned_on_again_is_one_repair_by_the_daemon(tmp_path):
+    e = make(tmp_path)
+
+    async def go():
+        await e.create_network("", "fcbr0", 10)
+        entries = recorder(e)
+        assert e.bridge_changed("fcbr0", BridgeState("fcbr0", 1, True, False, 1))  # the link event
+        await e.restore_vlan_filtering("fcbr0")
+        return entries
+    assert asyncio.run(go()) == [("drift-repaired", None, {"bridge": "fcbr0", "repaired": "vlan-filtering"})]
