@@ -39,10 +39,11 @@ import os
 import pwd
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
 
 from . import polkit
 from .bus import DBusError, Message, MessageType, call, redispatch, wants_reply
+from . import caller as caller_module
+from .caller import Caller
 from .names import (ACCESS_GROUP, ERROR_PREFIX, INVALID_ARGS, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
                     NETWORK_PATH_PREFIX, OBJECT_MANAGER_IFACE, PEER_IFACE)
 
@@ -127,15 +128,6 @@ def action_for(msg: Message) -> str:
     fails until it is mapped)."""
     interface = msg.interface if msg.interface is not None else served_interface(msg.path)
     return READ if (interface, msg.member) in READ_CALLS else MANAGE
-
-
-@dataclass(frozen=True)
-class Caller:
-    """A bus connection's credentials, as the bus daemon reports them."""
-    sender: str
-    uid: int
-    pid: int | None
-    gids: list[int] | None  # None: a bus too old to report UnixGroupIDs
 
 
 class AccessCheckFailed(Exception):
@@ -227,8 +219,10 @@ class AccessGate:
             return Message.new_error(
                 msg, INVALID_ARGS,
                 f"{msg.member} takes arguments of signature '{expected}', got '{msg.signature}'")
-        # Let through to dispatch. `caller` is this connection's credentials
-        # (uid, pid, gids): what a record of who made the call would take.
+        # Let through to dispatch; dbus-fast runs the call in a task made
+        # next, which starts with a copy of this context: the engine's
+        # audit entries name this caller (caller.py).
+        caller_module.current.set(caller)
         return None
 
     async def _resolve(self, key: tuple[str, str]) -> None:
@@ -260,9 +254,7 @@ class AccessGate:
     async def _credentials(self, sender: str) -> Caller:
         try:
             (creds,) = await call(self.conn, *polkit.DBUS, "GetConnectionCredentials", "s", [sender])
-            caller = Caller(sender, creds["UnixUserID"].value,
-                            creds["ProcessID"].value if "ProcessID" in creds else None,
-                            creds["UnixGroupIDs"].value if "UnixGroupIDs" in creds else None)
+            caller = caller_module.from_credentials(sender, creds)
         except Exception as e:  # a caller that vanished or a bus that will not say
             reason = e.type if isinstance(e, DBusError) else type(e).__name__
             log.warning("cannot get credentials of %s (%s): its waiting calls are refused", sender, reason)

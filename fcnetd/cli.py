@@ -7,8 +7,12 @@ import argparse
 import asyncio
 import json
 import os
+import shutil
+import subprocess
 import sys
+import time
 
+from .audit import MESSAGE_ID
 from .bus import DBusError, Variant, call, connect, unwrap
 from .names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
 
@@ -130,10 +134,76 @@ def _say(args, data, text) -> None:
     print(json.dumps(data) if args.json else text)
 
 
+# -- fcnetctl log: the audit trail, read from the journal -------------------------
+def _journal_text(value) -> str:
+    """A field of journalctl -o json: text, bytes as a list of numbers (not
+    UTF-8), or a list of either when a field repeats (the last one is shown)."""
+    if isinstance(value, list) and value and not all(isinstance(x, int) for x in value):
+        value = value[-1]
+    if isinstance(value, list):
+        return bytes(value).decode(errors="replace")
+    return str(value)
+
+
+def _change(entry: dict) -> dict:
+    """One audit entry as fcnetctl shows it: its time and its FCNETD_ fields."""
+    seconds = int(_journal_text(entry.get("__REALTIME_TIMESTAMP", "0"))) / 1e6
+    out = {"time": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(seconds))}
+    out.update({k[len("FCNETD_"):].lower(): _journal_text(v) for k, v in entry.items() if k.startswith("FCNETD_")})
+    return out
+
+
+def _who(change: dict) -> str:
+    if "caller_uid" not in change:
+        return "fcnetd"
+    who = f"uid {change['caller_uid']}"
+    if "caller_pid" in change:
+        who += f" pid {change['caller_pid']}"
+    if "caller_unit" in change:
+        who += f" ({change['caller_unit']})"
+    return who
+
+
+def _log(args) -> int:
+    journalctl = shutil.which("journalctl")
+    if journalctl is None:
+        print("fcnetctl: journalctl is not installed; fcnetd's audit trail is in the systemd journal "
+              "(without one, the daemon writes it to its log as lines starting with the change)", file=sys.stderr)
+        return 1
+    cmd = [journalctl, "--no-pager", "-o", "json", f"MESSAGE_ID={MESSAGE_ID}", "-n", str(args.n)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        print(f"fcnetctl: {' '.join(cmd[1:])} failed: {res.stderr.strip()}", file=sys.stderr)
+        return 1
+    changes = [_change(json.loads(ln)) for ln in res.stdout.splitlines() if ln.startswith("{")]
+    if not changes:
+        why = f" ({res.stderr.strip()})" if res.stderr.strip() else ""
+        hint = "" if os.geteuid() == 0 else "; reading fcnetd's entries takes root or group systemd-journal"
+        print(f"fcnetctl: the journal holds no fcnetd changes (MESSAGE_ID={MESSAGE_ID}){why}{hint}", file=sys.stderr)
+        return 1
+    if args.json:
+        json.dump(changes, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
+    rows = [[c["time"][:19].replace("T", " "), c.get("action", "?"), c.get("network", "-"),
+             " ".join(filter(None, (c.get("vm"), c.get("nic")))) or "-", c.get("tap", "-"), _who(c),
+             c.get("actor", "-")] for c in changes]
+    print(_table(rows, ["Time", "Action", "Network", "VM", "TAP", "By", "Actor"]))
+    print()
+    print(f"{_plural(len(changes), 'change')} listed.")
+    return 0
+
+
 def _vlan_arg(text: str) -> int:
     # The daemon judges 1-4094; this only keeps values D-Bus type q can carry.
     if not text.isdigit() or int(text) > 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is out of range: 0 (untagged) or 1-4094")
+    return int(text)
+
+
+def _count_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 100000:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} must be a number from 1 to 100000")
     return int(text)
 
 
@@ -178,11 +248,16 @@ def parser() -> argparse.ArgumentParser:
     td.add_argument("vm_id")
     td.add_argument("--nic", default="eth0")
     sub.add_parser("describe", help="everything as JSON")
+    lg = sub.add_parser("log", help="the last changes, from the audit trail in the journal (this host's)")
+    lg.add_argument("-n", type=_count_arg, default=20, metavar="N", help="how many (default 20)")
+    lg.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     return p
 
 
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
+    if args.cmd == "log":  # the journal, not the bus
+        return _log(args)
     try:
         return asyncio.run(_run(args))
     except DBusError as e:

@@ -16,6 +16,7 @@ from dataclasses import replace
 
 from . import __version__, config as configmod
 from .access import AccessGate
+from .audit import Audit
 from .bus import connect, request_name
 from .engine import Engine
 from .errors import FcnetError
@@ -51,6 +52,8 @@ class Daemon:
         self.netlink = Netlink()
         self.engine = Engine(self.config, self.registry, self.netlink,
                              nat=NatPlane(self.netlink, self.config.state_dir))
+        self.audit = Audit()
+        self.engine.on_change = self.audit.record
         self.conn = None
         self.gate = None
         self.metrics = None
@@ -134,21 +137,21 @@ class Daemon:
             log.error("background task failed", exc_info=task.exception())
 
     # -- reload and watching ----------------------------------------------------
-    async def reload(self) -> None:
+    async def reload(self, trigger: str = "SIGHUP") -> None:
         """SIGHUP or a config write. Serialized, and always ends in READY=1
         with a STATUS= line, whatever happened."""
         async with self._reload_lock:
             self.notifier.reloading()
             status = ""
             try:
-                status = await self._reload()
+                status = await self._reload(trigger)
             except Exception as e:
                 log.exception("reload failed")
                 status = f"reload failed ({e}); "
             finally:
                 self.notifier.reloaded(status + self.status_line())
 
-    async def _reload(self) -> str:
+    async def _reload(self, trigger: str) -> str:
         try:
             new = self._load_config()
         except configmod.ConfigError as e:
@@ -159,6 +162,9 @@ class Daemon:
             new = replace(new, state_dir=self.config.state_dir)
         self.config = self.engine.config = new
         self.gate.reload()
+        # Recorded once the new config is in force; the drift its reconcile repairs follows.
+        self.audit.record("config-reloaded", by_daemon=True, trigger=trigger, config=new.path or None,
+                          bridges=",".join(sorted(new.bridges)))
         await self.engine.reconcile()
         log.info("config reloaded: bridges %s", ", ".join(sorted(new.bridges)) or "none")
         return ""
@@ -167,7 +173,7 @@ class Daemon:
         if path == self.registry.path:
             self._spawn(self._registry_changed())
         elif path == self.config.path:
-            self._spawn(self.reload())
+            self._spawn(self.reload("config file changed"))
 
     async def _registry_changed(self) -> None:
         # Under the snapshot lock: a write of our own may have renamed the
@@ -251,6 +257,7 @@ class Daemon:
             self.conn.disconnect()
         self.netlink.close()
         self.registry.close()
+        self.audit.close()
         self.lock.release()
 
 

@@ -127,6 +127,9 @@ class Engine:
         self.on_network_added = lambda net: None
         self.on_network_removed = lambda net: None
         self.on_network_changed = lambda net: None
+        # Each change once it is made, for the audit trail (audit.Audit.record):
+        # the action, what it touched, and by_daemon=True for the daemon's own.
+        self.on_change = lambda action, **about: None
 
     @property
     def host(self) -> str:
@@ -285,6 +288,8 @@ class Engine:
             await self._prepare_bridge(bridge, 1)
         except E.FcnetError as e:
             log.error("cannot turn VLAN filtering on again on bridge %s: %s", bridge, e)
+            return
+        self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="vlan-filtering")
 
     async def refresh_bridge(self, bridge: str) -> None:
         try:
@@ -393,6 +398,7 @@ class Engine:
                 asyncio.ensure_future(self._converge_uplinks(f"a failed creation of {name}"))
         log.info("network %s created (%s, bridge %s, vlan %s, %s%s)", net.name, origin, bridge, vlan or "none",
                  mode, f" {subnet}" if subnet else "")
+        self.on_change("network-created", network=net, origin=origin, mode=mode, subnet=subnet or None)
         self.on_network_added(net)
         return net
 
@@ -476,6 +482,7 @@ class Engine:
             elif net.subnet and self.nat is not None:
                 await self.nat.fence_changed(list(self.registry.networks.values()))
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
+        self.on_change("network-deleted", network=net)
         self.on_network_removed(net)
         if net.vlan:
             await self._converge_uplinks(f"deleting {net.name}")
@@ -535,6 +542,8 @@ class Engine:
             finally:
                 if counted:
                     self._attach_settled(key)
+            self.on_change("vm-attached", network=net, vm=vm_id, nic=nic, vm_name=vm_name or None,
+                           mac=mac or None, ip=ip or None)
             if net.mode == "nat":
                 faultpoint.reached("attach.committed")
                 await self.nat.leases_changed(net, self.attachments_of(net))
@@ -593,6 +602,7 @@ class Engine:
             faultpoint.reached("detach.tap-deleted")
             await self.registry.commit(self.registry.change("remove_attachment", att))
             net = self.registry.networks.get(att.network_id)
+            self.on_change("vm-detached", network=net, vm=vm_id, nic=nic)
             if net is not None and net.mode == "nat" and self.nat is not None:
                 faultpoint.reached("detach.committed")
                 await self.nat.leases_changed(net, self.attachments_of(net), released=[att])
@@ -628,6 +638,7 @@ class Engine:
                         raise
             self._set_tap(att.key, tap)
         log.info("tap %s created for VM %s NIC %s on %s", tap.name, vm_id, nic, net.name)
+        self.on_change("tap-created", network=net, vm=vm_id, nic=nic, tap=tap.name, owner_uid=uid, owner_gid=gid)
         self.on_network_changed(net)
         return tap.name
 
@@ -653,6 +664,9 @@ class Engine:
         except BaseException:
             self._set_tap(key, tap)
             raise
+        att = self.registry.attachments.get(key)
+        self.on_change("tap-deleted", network=self.registry.networks.get(att.network_id) if att else None,
+                       vm=key[0], nic=key[1], tap=tap.name)
         return True
 
     # -- reconcile -----------------------------------------------------------
@@ -708,6 +722,7 @@ class Engine:
                     try:
                         state = await self._prepare_bridge(bridge, int(self._carries_tagged(bridge)))
                         result["drift"] += 1
+                        self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="bridge")
                     except E.FcnetError as e:
                         log.error("cannot make bridge %s again: %s", bridge, e)
                         result["error"] += 1
@@ -722,6 +737,7 @@ class Engine:
                             "turning it on again", bridge)
                 await self._prepare_bridge(bridge, 1)
                 result["drift"] += 1
+                self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="vlan-filtering")
         kernel = await self.netlink.taps()
         filtering = any(s is not None and s.vlan_filtering for s in self.bridges.values())
         port_vlans = await self.netlink.all_port_vlans() if filtering and kernel else {}
@@ -733,22 +749,31 @@ class Engine:
                 await self.netlink.delete_link(tap.name)
                 log.info("reaped tap %s: VM %s NIC %s is not attached", tap.name, *key)
                 result["reaped"] += 1
+                self.on_change("tap-deleted", by_daemon=True, vm=key[0], nic=key[1], tap=tap.name,
+                               reason="VM NIC not attached")
                 continue
             net = self.registry.networks[att.network_id]
             bridge = self.bridges.get(net.bridge)
             if bridge is not None:
-                if tap.master != bridge.index:
-                    await self.netlink.set_master(tap.index, bridge.index, Device("tap", tap.name), net.bridge)
-                    result["drift"] += 1
-                if not tap.up:  # set down by hand, or made by an fcnetd that raised TAPs last
-                    await self.netlink.set_up(tap.index, Device("tap", tap.name))
-                    result["drift"] += 1
-                if net.vlan and bridge.vlan_filtering:
-                    want = {net.vlan: {"pvid", "untagged"}}
-                    current = port_vlans.get(tap.index, {})
-                    if current != want:
-                        await self.netlink.set_port_vlans(tap.index, want, Device("tap", tap.name), current)
-                        result["drift"] += 1
+                repaired = []  # one audit entry per TAP, with what it took, even if a later step fails
+                try:
+                    if tap.master != bridge.index:
+                        await self.netlink.set_master(tap.index, bridge.index, Device("tap", tap.name), net.bridge)
+                        repaired.append("master")
+                    if not tap.up:  # set down by hand, or made by an fcnetd that raised TAPs last
+                        await self.netlink.set_up(tap.index, Device("tap", tap.name))
+                        repaired.append("up")
+                    if net.vlan and bridge.vlan_filtering:
+                        want = {net.vlan: {"pvid", "untagged"}}
+                        current = port_vlans.get(tap.index, {})
+                        if current != want:
+                            await self.netlink.set_port_vlans(tap.index, want, Device("tap", tap.name), current)
+                            repaired.append("vlan")
+                finally:
+                    if repaired:
+                        result["drift"] += len(repaired)
+                        self.on_change("drift-repaired", by_daemon=True, network=net, vm=key[0], nic=key[1],
+                                       tap=tap.name, repaired=",".join(repaired))
             adopted[key] = tap
             result["adopted"] += 1
         self.taps, self.tap_keys = {}, {}

@@ -10,7 +10,7 @@ import struct
 import time
 from collections import OrderedDict
 
-from . import __version__
+from . import __version__, caller
 from .bus import (DBusError, DictElement, Message, MessageType, PremarshalledReply, ServiceInterface, Variant,
                   call, dict_array_body, funnelled_property, method, wants_reply)
 from .engine import Engine
@@ -28,9 +28,11 @@ LIST_CACHE_BYTES = 8 << 20  # ListNetworks replies kept, one per filter (all 4,0
 LIST_CACHE_ENTRIES = 64  # and at most this many of them: a distinct search costs ~1 KB of bookkeeping
 FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str), "mode": ("s", str)}
 ADDRESSING_OPTIONS = {"mode": ("s", str), "subnet": ("s", str), "dhcp": ("b", bool)}
-CREATE_OPTIONS = {"description": ("s", str), **ADDRESSING_OPTIONS}
+ACTOR_OPTION = {"actor": ("s", str)}  # who the change is made for, recorded in the audit trail
+CREATE_OPTIONS = {"description": ("s", str), **ADDRESSING_OPTIONS, **ACTOR_OPTION}
 ATTACH_OPTIONS = {"vm_name": ("s", str), "nic": ("s", str), "mac": ("s", str), "ip": ("s", str),
-                  **ADDRESSING_OPTIONS}
+                  **ADDRESSING_OPTIONS, **ACTOR_OPTION}
+TAP_OPTIONS = {"owner_uid": ("u", int), "owner_gid": ("u", int), "tap_name": ("s", str), **ACTOR_OPTION}
 TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -98,6 +100,16 @@ def parse_options(given: dict, spec: dict) -> dict:
             raise InvalidArgs(key, f"must be of D-Bus type '{sig}' ({TYPE_NAMES[sig]}), got '{variant.signature}'")
         out[key] = variant.value
     return out
+
+
+def change_options(given: dict, spec: dict) -> dict:
+    """parse_options for a method that changes state: its `actor` is checked
+    and made part of the current call's caller (caller.py), for the audit
+    entries the change writes."""
+    opts = parse_options(given, spec)
+    if "actor" in opts:
+        caller.acting_for(caller.check_actor(opts.pop("actor")))
+    return opts
 
 
 def to_variant(f: Field, value) -> Variant:
@@ -553,7 +565,7 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def CreateNetwork(self, name: "s", bridge: "s", vlan: "q", options: "a{sv}") -> "o":
-        opts = parse_options(options, CREATE_OPTIONS)
+        opts = change_options(options, CREATE_OPTIONS)
         net = await self.engine.create_network(name, bridge, vlan, opts.get("description", ""),
                                                mode=opts.get("mode", "bridge"), subnet=opts.get("subnet", ""),
                                                dhcp=opts.get("dhcp"))
@@ -588,7 +600,7 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def AttachVm(self, vm_id: "s", bridge: "s", vlan: "q", options: "a{sv}") -> "o":
-        opts = parse_options(options, ATTACH_OPTIONS)
+        opts = change_options(options, ATTACH_OPTIONS)
         net = await self.engine.attach_vm(vm_id, bridge, vlan, opts.get("vm_name", ""),
                                           opts.get("nic", "eth0"), opts.get("mac", ""), opts.get("ip", ""),
                                           opts.get("mode"), opts.get("subnet"), opts.get("dhcp"))
@@ -602,8 +614,7 @@ class Manager(ServiceInterface):
     @method()
     @funnel
     async def CreateTap(self, vm_id: "s", nic: "s", options: "a{sv}") -> "s":
-        opts = parse_options(options, {"owner_uid": ("u", int), "owner_gid": ("u", int),
-                                              "tap_name": ("s", str)})
+        opts = change_options(options, TAP_OPTIONS)
         return await self.engine.create_tap(vm_id, nic, opts.get("owner_uid"), opts.get("owner_gid"),
                                             opts.get("tap_name", ""))
 

@@ -231,7 +231,8 @@ class App:
                                       "field": "vlan"}, status=400)
         if not isinstance(name, str) or not isinstance(bridge, str):
             return web.json_response({"error": "name and bridge must be text"}, status=400)
-        opts = {}
+        # fcnetd records who made the change (its audit trail) from the signed-in user
+        opts = {"actor": Variant("s", request["session"].user)}
         if body.get("description"):
             opts["description"] = Variant("s", str(body["description"]))
         # mode and subnet go to fcnetd as given: its answer names the rule

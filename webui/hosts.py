@@ -105,7 +105,8 @@ class Host:
 def explain(e: DBusError) -> str:
     """A D-Bus error as a person should read it."""
     if (e.type or "").endswith(".AccessDenied"):
-        return "access denied by fcnetd's D-Bus policy: the web UI's user must be in group fcnet"
+        return ("access denied by fcnetd (its bus policy or polkit): the web UI's user must be in group fcnet "
+                "or hold polkit action org.fcnetd.network1.manage")
     if (e.type or "") in ("org.freedesktop.DBus.Error.ServiceUnknown", "org.freedesktop.DBus.Error.NameHasNoOwner"):
         return "fcnetd is not running on this host's bus"
     return e.text

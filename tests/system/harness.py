@@ -121,7 +121,10 @@ class Daemon:
         sock.settimeout(0.2)
         # PYTHONFAULTHANDLER: a daemon that never gets ready is sent SIGABRT
         # and prints where each of its threads was.
-        env = {**os.environ, "NOTIFY_SOCKET": sock_path, "PYTHONPATH": REPO, "PYTHONFAULTHANDLER": "1"}
+        # FCNETD_JOURNAL_SOCKET: a test daemon's audit entries go to a test's
+        # own socket, or nowhere (log lines), never to the host's journal.
+        env = {"FCNETD_JOURNAL_SOCKET": os.path.join(os.path.dirname(sock_path), "no-journal"), **os.environ,
+               "NOTIFY_SOCKET": sock_path, "PYTHONPATH": REPO, "PYTHONFAULTHANDLER": "1"}
         self.logf = open(self.log, "ab")
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.logf, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL)

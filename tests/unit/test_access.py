@@ -205,7 +205,7 @@ def test_every_path_and_standard_interface_is_checked_but_peer_and_public_intros
 
 def test_a_call_without_interface_and_a_wrong_signature_names_the_expected_one():
     gate = AccessGate(FakeConn(), SIGNATURES)
-    gate.callers[":1.5"] = Caller(":1.5", 0, 1, [0])
+    gate.callers[":1.5"] = Caller(":1.5", 0, 1, None, gids=(0,))
     gate._verdicts[(":1.5", MANAGE)] = (math.inf, None)
     gate._verdicts[(":1.5", READ)] = (math.inf, None)
     reply = gate._on_message(calling(MANAGER_PATH, None, "AttachVm", "s", body=["vm-1"]))
