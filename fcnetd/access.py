@@ -53,6 +53,12 @@ PROPERTIES = "org.freedesktop.DBus.Properties"
 NETWORK_SUBTREE = NETWORK_PATH_PREFIX.rstrip("/")
 ACCESS_DENIED = ERROR_PREFIX + "AccessDenied"
 CACHE_SIZE = 4096
+# CheckAuthorization calls in flight at once; the rest queue. The bus lets
+# one connection await at most 128 replies (Debian's system.conf,
+# max_replies_per_connection), fcnetd's own included: unbounded, a burst
+# of new connections from anyone would make the bus refuse fcnetd's next
+# checks, and other callers' calls with them.
+POLKIT_CHECKS = 32
 VERDICT_SECONDS = 10.0  # how long polkit's verdict holds for one connection and action (README, "Access")
 
 # The polkit actions (contract: admins name them in rules; polkit/*.policy).
@@ -148,14 +154,28 @@ class AccessGate:
         self._pending: dict[tuple[str, str], list] = {}
         self._lookups: dict[str, asyncio.Task] = {}  # credential lookups in flight, shared per sender
         self._tasks: set = set()
+        # Method calls that came before the objects were exported (open()):
+        # answered then, never with UnknownObject for an object that exists.
+        self._held: list | None = None
+        self._polkit_slots = asyncio.Semaphore(POLKIT_CHECKS)
         self.mode: str | None = None  # POLKIT_MODE or BUILTIN_MODE once known
         self._mode_known = asyncio.Event()
         self._detecting = asyncio.Lock()
         self.denied = 0
 
-    def install(self) -> None:
+    def install(self, hold: bool = False) -> None:
+        """hold: installed before the daemon exports its objects, method
+        calls wait until open()."""
+        if hold:
+            self._held = []
         self.conn.add_message_handler(self._on_message)
         self._spawn(self._watch_authority())
+
+    def open(self) -> None:
+        """The objects are exported: the calls held meanwhile go on."""
+        held, self._held = self._held, None
+        for msg in held or ():
+            redispatch(self.conn, msg)
 
     def reload(self) -> None:
         self.access_gid = group_id()
@@ -198,7 +218,12 @@ class AccessGate:
                     msg.body and msg.body[0] == polkit.AUTHORITY:
                 self._spawn(self._detect("after polkit appeared" if msg.body[2] else "after polkit left"))
             return None
-        if msg.message_type != MessageType.METHOD_CALL or is_open(msg):
+        if msg.message_type != MessageType.METHOD_CALL:
+            return None
+        if self._held is not None:
+            self._held.append(msg)
+            return True
+        if is_open(msg):
             return None
         key = (msg.sender, action_for(msg))
         caller = self.callers.get(msg.sender)
@@ -277,7 +302,9 @@ class AccessGate:
         if self.mode == BUILTIN_MODE:
             return (None if allowed(caller.uid, caller.gids, self.access_gid) else BUILTIN_REFUSAL), math.inf
         try:
-            if await polkit.is_authorized(self.conn, caller.sender, action):
+            async with self._polkit_slots:
+                granted = await polkit.is_authorized(self.conn, caller.sender, action)
+            if granted:
                 return None, VERDICT_SECONDS
         except polkit.PolkitUnavailable as e:
             log.warning("polkit gave no verdict on %s for %s (uid %d): %s; its waiting calls are refused",

@@ -170,7 +170,10 @@ def _log(args) -> int:
         print("fcnetctl: journalctl is not installed; fcnetd's audit trail is in the systemd journal "
               "(without one, the daemon writes it to its log as lines starting with the change)", file=sys.stderr)
         return 1
-    cmd = [journalctl, "--no-pager", "-o", "json", f"MESSAGE_ID={MESSAGE_ID}", "-n", str(args.n)]
+    # _UID=0: a field journald sets itself. MESSAGE_ID and FCNETD_* are
+    # written by the sender, so any local user can forge them; root's
+    # journalctl reads users' journals too. fcnetd runs as root.
+    cmd = [journalctl, "--no-pager", "-o", "json", f"MESSAGE_ID={MESSAGE_ID}", "_UID=0", "-n", str(args.n)]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode != 0:
         print(f"fcnetctl: {' '.join(cmd[1:])} failed: {res.stderr.strip()}", file=sys.stderr)

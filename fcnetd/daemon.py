@@ -88,9 +88,8 @@ class Daemon:
         self.registry.last_write = os.stat(self.registry.path)
         self.conn = await connect(self.args.bus)
         manager = Manager(self.engine, self.conn)
-        manager.export_all()
         self.gate = AccessGate(self.conn, manager.method_signatures())
-        self.gate.install()
+        self.gate.install(hold=True)  # until the objects are exported
         manager.install_fast_paths()  # after the gate: it checks callers first
         self.manager = manager
         await self.netlink.open()
@@ -101,6 +100,13 @@ class Daemon:
         async with self.engine.gate.exclusive():
             if not await request_name(self.conn, BUS_NAME):
                 raise SystemExit(f"fcnetd: the bus name {BUS_NAME} is owned by another process")
+            # Exported only once the name is ours: dbus-fast broadcasts
+            # InterfacesAdded (every network's properties) for each export,
+            # and the bus policy keeps fcnetd's signals from outsiders by
+            # that name, which it matches only once owned. Calls that came
+            # meanwhile were held by the access gate.
+            manager.export_all()
+            self.gate.open()
             result = await self.engine.reconcile_exclusive()
         log.info("reconciled: %s", result or "nothing to do")
         self._start_metrics()

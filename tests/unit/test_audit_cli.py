@@ -51,7 +51,7 @@ def journalctl(tmp_path, monkeypatch):
 def test_log_asks_for_the_audit_entries_and_shows_a_table(journalctl, capsys, utc):
     argv = journalctl([json.dumps(e) for e in ENTRIES])
     assert cli.main(["log", "-n", "5"]) == 0
-    assert json.loads(argv.read_text()) == ["--no-pager", "-o", "json", f"MESSAGE_ID={MESSAGE_ID}", "-n", "5"]
+    assert json.loads(argv.read_text()) == ["--no-pager", "-o", "json", f"MESSAGE_ID={MESSAGE_ID}", "_UID=0", "-n", "5"]
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["TIME", "ACTION", "NETWORK", "VM", "TAP", "BY", "ACTOR"]
     assert lines[1].split() == ["2023-11-14", "22:13:20", "vm-attached", "fcbr0", "vm-1", "eth0", "-", "uid", "0",

@@ -1,4 +1,4 @@
-"""Review of issue 11 (audit trail): fcnetctl log must show fcnetd's own
+"""Audit trail (issue 11, found in review): fcnetctl log must show fcnetd's own
 entries only. Every field without a leading underscore, MESSAGE_ID and
 FCNETD_* included, is written by the logging process itself, so any local
 user can put an entry with fcnetd's MESSAGE_ID into the journal
@@ -47,7 +47,7 @@ for e in picked[-n:]:
     monkeypatch.setenv("PATH", str(script.parent))
 
 
-def test_review_fcnetctl_log_shows_an_entry_any_local_user_forged_with_fcnetds_message_id(tmp_path, monkeypatch,
+def test_fcnetctl_log_does_not_show_an_entry_a_local_user_forged_with_fcnetds_message_id(tmp_path, monkeypatch,
                                                                                          capsys):
     install_journalctl(tmp_path, monkeypatch, [GENUINE, FORGED])
     assert cli.main(["log", "--json"]) == 0

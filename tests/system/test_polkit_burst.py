@@ -1,4 +1,4 @@
-"""Review of issue 11 (polkit): what an outsider can do to other callers'
+"""polkit (issue 11, found in review): what an outsider can do to other callers'
 authorization where polkit decides."""
 
 import subprocess
@@ -35,14 +35,15 @@ asyncio.run(main(sys.argv[1]))
 """
 
 
-def test_review_an_outsiders_burst_of_connections_makes_a_fcnet_members_check_fail(pdaemon, pbus, users,
+def test_an_outsiders_burst_of_connections_does_not_make_a_fcnet_members_check_fail(pdaemon, pbus, users,
                                                                                      connect_as):
-    """Each new connection costs fcnetd one CheckAuthorization, all in flight
-    at once (no bound on concurrent polkit checks). dbus-daemon allows one
-    connection 128 calls awaiting a reply (max_replies_per_connection, the
-    system bus default), fcnetd's own connection included: past that, the
-    bus refuses fcnetd's next CheckAuthorization at once (LimitsExceeded),
-    and the member's call is refused with "access check failed"."""
+    """Each new connection costs fcnetd one CheckAuthorization. dbus-daemon
+    allows one connection 128 calls awaiting a reply (max_replies_per_
+    connection, the system bus default), fcnetd's own connection included:
+    with every check in flight at once, the bus refused fcnetd's next
+    CheckAuthorization (LimitsExceeded) and a fcnet member's call was
+    refused with "access check failed". fcnetd now keeps at most
+    access.POLKIT_CHECKS in flight and queues the rest."""
     member = connect_as("member", fcnet_group=True)
     uid = users.uid("outsider")
     attacker = subprocess.Popen(["setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", sys.executable,
