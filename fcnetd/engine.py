@@ -94,6 +94,8 @@ class Engine:
         # The kernel-and-process side of nat networks (fcnetd/nat.py's
         # NatPlane); None: no nat network can be made.
         self.nat = nat
+        if nat is not None:  # its repairs are audit entries too, looked up when made
+            nat.report = lambda action, **about: self.on_change(action, **about)
         self.taps: dict[tuple[str, str], TapState] = {}
         self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
         self.tap_generation = 0  # moves with every change of `taps`, which engine.version does not follow

@@ -73,6 +73,8 @@ class NatPlane:
         self._firewall: Firewall | None = None  # libnftables is loaded once a nat network needs it
         self._networks: dict[str, object] = {}  # the nat networks set up, by id
         self._dnsmasq: dict[str, Dnsmasq] = {}  # by network id
+        # converge's repairs, for the audit trail (the engine sets it: Engine.on_change)
+        self.report = lambda action, **about: None
 
     @property
     def firewall(self) -> Firewall:
@@ -238,6 +240,8 @@ class NatPlane:
                 index, created = await self._port_index(net, bridges[net.bridge])
                 if net.vlan:
                     counts["drift" if created else "adopted"] += 1
+                    if created:
+                        self._repaired(net, "gateway-port")
                 key = (index, gateway_interface(net))
                 wanted_addresses.add(key)
                 if key in ours:
@@ -246,6 +250,7 @@ class NatPlane:
                     log.warning("nat network %s: gateway %s was missing on %s; added", net.name, key[1], name)
                     await self.netlink.add_address(index, key[1], Device("device", name))
                     counts["drift"] += 1
+                    self._repaired(net, "gateway")
             except FcnetError as e:
                 log.error("nat network %s: %s", net.name, e)
                 counts["error"] += 1
@@ -271,8 +276,10 @@ class NatPlane:
         else:
             log.warning("the nft table inet fcnetd differed from what the registry implies; rebuilt it")
             counts["drift"] += 1
+            self._repaired(None, "firewall")
         if self._networks and enable_forwarding():
             counts["drift"] += 1
+            self._repaired(None, "forwarding")
 
     async def _converge_dnsmasq(self, nat: dict, present: dict, attachments_by_network: Mapping,
                                 counts: dict) -> None:
@@ -308,12 +315,16 @@ class NatPlane:
                 counts["drift"] += 1
                 if not outcome:
                     await server.start(hosts)
+                self._repaired(net, "dnsmasq")
             except FcnetError as e:
                 log.error("nat network %s: %s; trying again", net.name, e)
                 counts["error"] += 1
                 server.retry()
         kept = {i for i, n in nat.items() if n.dhcp}  # a missing bridge's network keeps its leases
         counts["reaped"] += len(await dnsmasq.reap(self.directory, kept))
+
+    def _repaired(self, net, what: str) -> None:
+        self.report("drift-repaired", by_daemon=True, network=net, repaired=what)
 
     async def close(self) -> None:
         servers, self._dnsmasq = list(self._dnsmasq.values()), {}

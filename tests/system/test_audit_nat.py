@@ -1,4 +1,4 @@
-"""Review of issue 11 (audit trail) with the real daemon: every change fcnetd
+"""Audit trail (issue 11, found in review) with the real daemon: every change fcnetd
 makes on the host is one entry, drift repairs of nat networks included."""
 
 import json
@@ -10,12 +10,12 @@ from .harness import Daemon, v, wait_for
 from .test_audit import journal  # noqa: F401 (fixture)
 
 
-def test_review_a_nat_gateway_put_back_by_a_reconcile_is_not_in_the_audit_trail(ns, internet, bus, tmp_path,
+def test_a_nat_gateway_put_back_by_a_reconcile_is_in_the_audit_trail(ns, internet, bus, tmp_path,
                                                                                    config, journal, client):
     """The reconcile's NAT step (NatPlane.converge) adds a missing gateway
     address to the host, rebuilds the nft table, restarts dnsmasq and turns
-    forwarding on again, and counts each as drift; none of it is recorded
-    (Engine.reconcile_exclusive records only bridge and TAP repairs)."""
+    forwarding on again, and counts each as drift; each is recorded as
+    drift-repaired (it was not: only bridge and TAP repairs were)."""
     d = Daemon(ns, bus, str(tmp_path / "state"), config).start()
     try:
         client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {"mode": v("s", "nat")})
