@@ -271,7 +271,7 @@ async def request_name(conn: MessageBus, name: str) -> bool:
 
 
 async def call(conn: MessageBus, destination: str, path: str, interface: str, member: str,
-               signature: str = "", body: list | None = None, timeout: float | None = None):
+               signature: str = "", body: list | None = None):
     """One method call; returns the reply body or raises DBusError."""
     reply = await conn.call(Message(destination=destination, path=path, interface=interface,
                                     member=member, signature=signature, body=body or []))
