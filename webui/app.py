@@ -14,7 +14,7 @@ import sys
 from aiohttp import web
 
 from fcnetd.bus import Variant
-from fcnetd.model import auto_name, matches_search
+from fcnetd.model import auto_name, excerpt, matches_search
 from fcnetd.schema import from_dbus
 
 from . import config as configmod, pages
@@ -33,6 +33,32 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 HTTP_STATUS = {"InvalidArgs": 400, "NetworkExists": 409, "NetworkInUse": 409, "NoSuchNetwork": 404,
                "BridgeNotAllowed": 400, "BridgeNotFound": 400, "VlanUnsupported": 400, "AccessDenied": 403,
                "SubnetConflict": 409, "AddressUnavailable": 409}
+
+
+class BadField(ValueError):
+    def __init__(self, field: str, message: str):
+        super().__init__(message)
+        self.field = field
+
+
+def json_kind(value) -> str:
+    """What a JSON value is, as a person would name it."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    return {dict: "an object", list: "an array", str: "text"}.get(type(value), "null")
+
+
+def text_field(body: dict, key: str) -> str:
+    """An optional text field of a JSON request: absent or null is ''. Any
+    other kind is refused, never turned into its Python repr."""
+    value = body.get(key)
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise BadField(key, f"{key}: must be text, not {json_kind(value)}")
+    return value
 
 
 def error_name(e: DBusError) -> str:
@@ -60,7 +86,7 @@ class App:
         for h in self.hosts:
             if h.name == name:
                 return h
-        raise web.HTTPNotFound(text=json.dumps({"error": f"no host {name!r}"}), content_type="application/json")
+        raise web.HTTPNotFound(text=json.dumps({"error": f"no host {excerpt(name)}"}), content_type="application/json")
 
     def session(self, request):
         return self.sessions.get(request.cookies.get(COOKIE))
@@ -68,22 +94,16 @@ class App:
     def secure_cookies(self, request) -> bool:
         return request.secure or request.host.split(":")[0] not in ("127.0.0.1", "localhost", "[::1]")
 
-    @web.middleware
-    async def headers(self, request, handler):
-        try:
-            resp = await handler(request)
-        except web.HTTPException as e:
-            resp = e
+    async def _secure(self, request, resp) -> None:
+        """Runs as each response's headers are about to be sent: every
+        response, the event stream and static files included, carries the
+        same security headers (a middleware ran too late for a stream)."""
         resp.headers["Content-Security-Policy"] = CSP
         resp.headers["X-Content-Type-Options"] = "nosniff"
         resp.headers["Referrer-Policy"] = "no-referrer"
         resp.headers["X-Frame-Options"] = "DENY"
-        if request.path.startswith("/api/") or request.path in ("/login", "/networks") or \
-                request.path.startswith("/networks/"):
+        if not request.path.startswith("/static/"):
             resp.headers.setdefault("Cache-Control", "no-store")
-        if isinstance(resp, web.HTTPException):
-            raise resp
-        return resp
 
     @web.middleware
     async def guard(self, request, handler):
@@ -130,12 +150,11 @@ class App:
             return self._login_form(request, "Your sign-in form expired; try again.", 403)
         name, password = form.get("username", ""), form.get("password", "")
         addr = request.remote or "?"
-        wait = self.throttle.wait_seconds(addr, name)
+        wait = self.throttle.begin(addr, name)  # counted now, before the slow check
         if wait:
             return self._login_form(request, f"Too many failed sign-ins; try again in {wait} s.", 429)
         role = await asyncio.to_thread(self.users.authenticate, name, password)
         if role is None:
-            self.throttle.failed(addr, name)
             log.info("failed sign-in for %r from %s", name[:64], addr)
             return self._login_form(request, "Wrong user name or password.", 401)
         self.throttle.succeeded(addr, name)
@@ -216,30 +235,33 @@ class App:
     async def api_create(self, request):
         try:
             body = await request.json()
-        except json.JSONDecodeError:
+        except ValueError:  # not JSON, or a number past Python's digit limit
             return web.json_response({"error": "the request body must be JSON"}, status=400)
-        h = self.host(body.get("host") or self.hosts[0].name)
-        name, bridge = body.get("name") or "", body.get("bridge") or ""
+        if not isinstance(body, dict):
+            return web.json_response({"error": f"the request body must be a JSON object, not {json_kind(body)}"},
+                                     status=400)
+        try:
+            host, name, bridge, description, mode, subnet = (
+                text_field(body, key) for key in ("host", "name", "bridge", "description", "mode", "subnet"))
+        except BadField as e:
+            return web.json_response({"error": str(e), "field": e.field}, status=400)
+        h = self.host(host or self.hosts[0].name)
         vlan = body.get("vlan")
         if vlan in (None, ""):
             vlan = 0
-        if isinstance(vlan, str) and vlan.strip().isdigit():
+        if isinstance(vlan, str) and vlan.strip().isdigit() and len(vlan.strip()) <= 5:
             vlan = int(vlan)
         # fcnetd judges the range; this only keeps what D-Bus type q can carry
         if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 0xFFFF:
-            return web.json_response({"error": f"vlan: {vlan!r} is out of range: empty (untagged) or 1-4094",
+            shown = excerpt(vlan) if isinstance(vlan, (str, int)) else json_kind(vlan)
+            return web.json_response({"error": f"vlan: {shown} is out of range: empty (untagged) or 1-4094",
                                       "field": "vlan"}, status=400)
-        if not isinstance(name, str) or not isinstance(bridge, str):
-            return web.json_response({"error": "name and bridge must be text"}, status=400)
         # fcnetd records who made the change (its audit trail) from the signed-in user
         opts = {"actor": Variant("s", request["session"].user)}
-        if body.get("description"):
-            opts["description"] = Variant("s", str(body["description"]))
+        if description:
+            opts["description"] = Variant("s", description)
         # mode and subnet go to fcnetd as given: its answer names the rule
-        for key in ("mode", "subnet"):
-            value = body.get(key) or ""
-            if not isinstance(value, str):
-                return web.json_response({"error": f"{key} must be text", "field": key}, status=400)
+        for key, value in (("mode", mode), ("subnet", subnet)):
             if value.strip():
                 opts[key] = Variant("s", value.strip())
         try:
@@ -285,7 +307,8 @@ class App:
 
     # -- assembly -----------------------------------------------------------
     def make(self) -> web.Application:
-        app = web.Application(middlewares=[self.headers, self.guard], client_max_size=64 * 1024)
+        app = web.Application(middlewares=[self.guard], client_max_size=64 * 1024)
+        app.on_response_prepare.append(self._secure)
         app.add_routes([
             web.get("/login", self.login_page), web.post("/login", self.login), web.post("/logout", self.logout),
             web.get("/", self.root), web.get("/favicon.ico", self.favicon), web.get("/networks", self.networks_page),

@@ -253,15 +253,25 @@
     const root = $("#detail");
     const url = `/api/networks/${encodeURIComponent(root.dataset.host)}/${encodeURIComponent(root.dataset.id)}`;
 
+    // The banner says why the data below may be old (fcnetd not running, the
+    // network deleted); it shows the newest answer's word: a later answer
+    // that succeeded takes it away, and an older one arriving late is dropped.
+    const banner = $("#d-gone");
+    function say(text) { banner.textContent = text; banner.hidden = !text; }
+    let asked = 0;
+    let deleted = false;
+
     async function load() {
+      const ask = ++asked;
       let n;
       try {
         n = await api("GET", url);
       } catch (e) {
-        $("#d-gone").hidden = false;
-        $("#d-gone").textContent = e.message;
+        if (ask === asked && !deleted) say(e.message);
         return;
       }
+      if (ask !== asked || deleted) return;
+      say("");
       document.title = `${n.name} · fcnetd`;
       $("#d-name").textContent = n.name;
       $("#d-bridge").textContent = n.bridge;
@@ -286,7 +296,8 @@
     }
     live((event) => {
       if (event.kind === "removed" && event.id === root.dataset.id) {
-        $("#d-gone").hidden = false;
+        deleted = true;  // for good: a network id is never used again
+        say("This network was deleted.");
         return;
       }
       load();
