@@ -74,8 +74,8 @@ READ_CALLS = frozenset({
 })
 MANAGE_CALLS = frozenset({
     (MANAGER_IFACE, "CreateNetwork"), (MANAGER_IFACE, "EnsureNetwork"), (MANAGER_IFACE, "DeleteNetwork"),
-    (MANAGER_IFACE, "AttachVm"), (MANAGER_IFACE, "DetachVm"), (MANAGER_IFACE, "CreateTap"),
-    (MANAGER_IFACE, "DeleteTap"), (NETWORK_IFACE, "Delete"),
+    (MANAGER_IFACE, "AttachVm"), (MANAGER_IFACE, "MoveVm"), (MANAGER_IFACE, "DetachVm"),
+    (MANAGER_IFACE, "CreateTap"), (MANAGER_IFACE, "DeleteTap"), (NETWORK_IFACE, "Delete"),
     (PROPERTIES, "Set"),
 })
 

@@ -38,6 +38,7 @@ ACTIONS = {
     "network-deleted": "network deleted",
     "vm-attached": "VM attached",
     "vm-detached": "VM detached",
+    "vm-moved": "VM moved",
     "tap-created": "TAP created",
     "tap-deleted": "TAP deleted",
     "drift-repaired": "drift repaired",

@@ -90,19 +90,21 @@ async def _run(args) -> int:
     elif args.cmd == "delete":
         await m("DeleteNetwork", "s", [args.network])
         _say(args, {"deleted": args.network}, f"deleted {args.network}")
-    elif args.cmd == "attach":
-        opts = {"nic": Variant("s", args.nic)}
-        if args.vm_name:
-            opts["vm_name"] = Variant("s", args.vm_name)
-        if args.mac:
-            opts["mac"] = Variant("s", args.mac)
-        if args.ip:
-            opts["ip"] = Variant("s", args.ip)
-        (path,) = await m("AttachVm", "ssqa{sv}", [args.vm_id, args.bridge, args.vlan, opts])
+    elif args.cmd in ("attach", "move"):
+        opts = {k: Variant("s", val) for k, val in (("mac", args.mac), ("ip", args.ip)) if val}
+        if args.cmd == "attach":
+            opts["nic"] = Variant("s", args.nic)
+            if args.vm_name:
+                opts["vm_name"] = Variant("s", args.vm_name)
+            (path,) = await m("AttachVm", "ssqa{sv}", [args.vm_id, args.bridge, args.vlan, opts])
+        else:
+            (path,) = await m("MoveVm", "sssqa{sv}", [args.vm_id, args.nic, args.bridge, args.vlan, opts])
         net = await _props(conn, path)
         vm = next(v for v in net["Vms"] if (v["VmId"], v["Nic"]) == (args.vm_id, args.nic))
         address = f" ip {vm['Ip']} mac {vm['Mac']}" if vm["Ip"] else ""
-        _say(args, {"path": path, "ip": vm["Ip"], "mac": vm["Mac"]}, f"attached {args.vm_id} {args.nic}{address}")
+        done = "attached" if args.cmd == "attach" else f"moved to {net['Name']}:"
+        _say(args, {"path": path, "network": net["Name"], "ip": vm["Ip"], "mac": vm["Mac"]},
+             f"{done} {args.vm_id} {args.nic}{address}")
     elif args.cmd == "detach":
         await m("DetachVm", "ss", [args.vm_id, args.nic])
         _say(args, {"detached": [args.vm_id, args.nic]}, f"detached {args.vm_id} {args.nic}")
@@ -239,6 +241,13 @@ def parser() -> argparse.ArgumentParser:
     a.add_argument("--vm-name", default="")
     a.add_argument("--mac", default="", help="default on a nat network: generated, 02:...")
     a.add_argument("--ip", default="", help="a static address on a nat network; default: the lowest free")
+    mv = sub.add_parser("move", help="move a VM NIC to another network; a running VM keeps its TAP")
+    mv.add_argument("vm_id")
+    mv.add_argument("bridge")
+    mv.add_argument("--vlan", type=_vlan_arg, default=0)
+    mv.add_argument("--nic", default="eth0")
+    mv.add_argument("--mac", default="", help="on a nat network; default: the NIC's own (the guest's)")
+    mv.add_argument("--ip", default="", help="a static address on a nat network; default: the lowest free")
     d = sub.add_parser("detach", help="detach a VM NIC")
     d.add_argument("vm_id")
     d.add_argument("--nic", default="eth0")

@@ -27,7 +27,7 @@ from .model import (MODES, Attachment, Network, TAP_PREFIX, auto_name, check_des
                     check_vlan, excerpt, matches_search)
 from .locks import Coalesced, Gate, KeyedLocks
 from .netlink import BridgeState, Device, Netlink, TapState
-from .registry import Registry, Snapshot
+from .registry import Move, Registry, Snapshot
 
 log = logging.getLogger("fcnetd.engine")
 TAP_NAME_TRIES = 8
@@ -551,6 +551,135 @@ class Engine:
                 await self.nat.leases_changed(net, self.attachments_of(net))
         self.on_network_changed(net)
         return net
+
+    async def move_vm(self, vm_id: str, nic: str, bridge: str, vlan: int, mac: str = "", ip: str = "",
+                      mode: str | None = None, subnet: str | None = None, dhcp: bool | None = None) -> Network:
+        """Moves an attached VM NIC to the (bridge, VLAN) network, made if
+        missing as AttachVm makes it. Its TAP, if it has one, is re-plugged
+        (master, VLAN), never made anew, so a running VMM keeps its fd.
+
+        The kernel first, then the registry (one journal line, Move): a
+        failure of either puts the TAP back, and the VM stays where it was;
+        a crash in between leaves the registry's old network, where the next
+        reconcile puts the TAP back. On a nat network the NIC keeps its MAC
+        (the guest's, fixed at boot) unless `mac` is given, and gets an
+        address (`ip`, else the lowest free)."""
+        check_id(vm_id, "vm_id")
+        check_nic(nic)
+        if mac:
+            mac = ipam.check_unicast_mac(check_mac(mac))
+        wanted = ipam.check_ip(ip) if ip else None
+        check_ifname(bridge)
+        check_vlan(vlan)
+        addressing = Addressing.checked(mode, subnet, dhcp)
+        async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
+            old = self._attachment(vm_id, nic)
+            source = self.registry.networks[old.network_id]
+            self._allowed(bridge)
+            if (source.bridge, source.vlan) == (bridge, vlan):
+                addressing.check_matches(source)
+                return source  # already there: nothing to do, as a retried call expects
+            if bridge != source.bridge:
+                self._check_room(bridge)
+            self._check_address_fits(bridge, vlan, addressing, wanted)
+            key = (bridge, vlan)
+            self._attaching[key] = self._attaching.get(key, 0) + 1
+            counted = True
+            try:
+                for _ in range(ENSURE_TRIES):
+                    net, _ = await self._ensure_network(bridge, vlan, addressing)
+                    if net.id in self.registry.networks:
+                        break
+                else:
+                    raise E.NoSuchNetwork(f"network {net.name} was deleted while moving; try again")
+                addressing.check_matches(net)
+                self._moved_attachment(old, net, mac, wanted)  # refused now, before the kernel changes
+                tap = self.taps.get(old.key)
+                if tap is not None:
+                    back = self.bridges.get(source.bridge)
+                    port = await self._prepare_bridge(net.bridge, net.vlan)
+                    await self._replug(old.key, port, net.vlan, back, source.vlan)
+                faultpoint.reached("move.replugged")
+                try:
+                    # No await from here to the change: the address and MAC are still free.
+                    new = self._moved_attachment(old, net, mac, wanted)
+                    change = self.registry.change("move_attachment", Move(old, new))
+                    self._attach_settled(key)
+                    counted = False
+                    await self.registry.commit(change)
+                except BaseException:
+                    if tap is not None:
+                        await self._replug_back(old.key, source)
+                    raise
+            finally:
+                if counted:
+                    self._attach_settled(key)
+            log.info("VM %s NIC %s moved from %s to %s", vm_id, nic, source.name, net.name)
+            self.on_change("vm-moved", network=net, vm=vm_id, nic=nic, from_network=source.name,
+                           tap=tap.name if tap is not None else None, mac=new.mac or None, ip=new.ip or None)
+            if source.mode == "nat" and self.nat is not None:
+                await self.nat.leases_changed(source, self.attachments_of(source), released=[old])
+            if net.mode == "nat":
+                await self.nat.leases_changed(net, self.attachments_of(net))
+        self.on_network_changed(source)
+        self.on_network_changed(net)
+        return net
+
+    def _moved_attachment(self, old: Attachment, net: Network, mac: str,
+                          wanted: ipam.IPv4Address | None) -> Attachment:
+        """The attachment `old` becomes on `net`: raises if its address or MAC
+        cannot be had there."""
+        ip = ""
+        mac = mac or old.mac
+        if net.mode == "nat":
+            self._nat_plane()
+            taken = [a for a in self.attachments_of(net) if a.key != old.key]
+            mac = ipam.claim_mac({a.mac for a in taken}, mac)
+            ip = str(ipam.allocate(net.network, {ipam.IPv4Address(a.ip) for a in taken}, wanted))
+        elif wanted is not None:
+            raise E.InvalidArgs("ip", f"network {net.name} is a {net.mode} network; "
+                                      "fcnetd gives addresses only on a nat network")
+        return replace(old, network_id=net.id, mac=mac, ip=ip)
+
+    async def _replug(self, key: tuple[str, str], port: BridgeState, vlan: int,
+                      back: BridgeState | None = None, back_vlan: int = 0) -> None:
+        """Puts the VM NIC's TAP on bridge `port` in exactly `vlan` (the
+        bridge's default one when 0), never on a segment it does not belong
+        to on the way: moved to another bridge it is set down first (enslaved,
+        it would forward in that bridge's default VLAN before its own), and
+        VLANs are left before others are joined. If a step fails, it is put
+        back on `back` in `back_vlan`, best effort (else reconcile does)."""
+        tap = self.taps[key]
+        dev = Device("tap", tap.name)
+        moving = tap.master != port.index
+        try:
+            if moving:
+                if tap.up:
+                    await self.netlink.set_down(tap.index, dev)
+                await self.netlink.set_master(tap.index, port.index, dev, port.name)
+            if port.vlan_filtering:
+                await self.netlink.set_port_vlans(tap.index, {vlan or port.default_pvid: {"pvid", "untagged"}}, dev)
+            if moving and tap.up:
+                await self.netlink.set_up(tap.index, dev)
+        except BaseException:
+            if back is not None:
+                await self._replug_to(key, tap, back, back_vlan)
+            raise
+        self._set_tap(key, replace(tap, master=port.index))
+
+    async def _replug_back(self, key: tuple[str, str], source: Network) -> None:
+        back = self.bridges.get(source.bridge)
+        if back is not None and key in self.taps:
+            await self._replug_to(key, self.taps[key], back, source.vlan)
+
+    async def _replug_to(self, key: tuple[str, str], tap: TapState, port: BridgeState, vlan: int) -> None:
+        """Best effort: a failure is logged, and the next reconcile repairs."""
+        try:
+            self._set_tap(key, replace(tap, master=-1))  # where it is now is unknown
+            await self._replug(key, port, vlan)  # as a move from nowhere: down, enslaved, tagged, up
+            self._set_tap(key, tap)
+        except Exception:
+            log.exception("could not put tap %s back on %s; the next reconcile will", tap.name, port.name)
 
     def _check_address_fits(self, bridge: str, vlan: int, addressing: Addressing,
                             wanted: ipam.IPv4Address | None) -> None:

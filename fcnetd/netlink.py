@@ -112,6 +112,7 @@ DOING = {
     "read": "reading its state",
     "create": "creating it",
     "up": "bringing it up",
+    "down": "setting it down",
     "vlan_filtering": "turning on VLAN filtering",
     "plug": "adding it to bridge {bridge} and tagging it",
     "enslave": "adding it to bridge {bridge}",
@@ -246,15 +247,15 @@ class Netlink:
                     self._reopen(ipr)
 
     async def _set_link(self, index: int, master: int | None = None, ifalias: str | None = None,
-                        mtu: int = 0, up: bool = False) -> None:
+                        mtu: int = 0, up: bool | None = None) -> None:
         """RTM_NEWLINK on an existing device, the VM-start path's request: an
         ifinfmsg built here (pyroute2's keyword front end, link("set", ...),
         took a quarter of the request's time preparing it), sent on the
         RequestSocket (its async transport took a third)."""
         msg = ifinfmsg()
         msg["index"] = index
-        if up:
-            msg["flags"] = msg["change"] = IFF_UP
+        if up is not None:  # else its up flag is left as it is
+            msg["flags"], msg["change"] = (IFF_UP if up else 0), IFF_UP
         attrs = []
         if master is not None:
             attrs.append(("IFLA_MASTER", master))
@@ -378,12 +379,14 @@ class Netlink:
         try:
             if current is None:
                 current = await self.port_vlans(index)
+            # Out of the VLANs it must leave before into the new ones: on the
+            # way it is in fewer VLANs, never in two networks at once.
+            for vid in current.keys() - wanted.keys():
+                await self._rt("vlan_filter", "del", index=index, vlan_info={"vid": vid})
             for vid, flags in wanted.items():
                 if current.get(vid) != flags:
                     await self._rt("vlan_filter", "add", index=index,
                                    vlan_info={"vid": vid, "flags": sorted(flags)})
-            for vid in current.keys() - wanted.keys():
-                await self._rt("vlan_filter", "del", index=index, vlan_info={"vid": vid})
         except NetlinkError as e:
             raise translate(e, what, "vlans") from e
 
@@ -450,6 +453,12 @@ class Netlink:
             await self._set_link(index, up=True)
         except NetlinkError as e:
             raise translate(e, what, "up") from e
+
+    async def set_down(self, index: int, what: Device | str) -> None:
+        try:
+            await self._set_link(index, up=False)
+        except NetlinkError as e:
+            raise translate(e, what, "down") from e
 
     async def set_master(self, index: int, master: int, what: Device | str, bridge: str = "") -> None:
         """Enslaves device `index` (what: which one, for errors) to `master`,

@@ -181,13 +181,34 @@ class State:
         bridge = self.networks[att.network_id].bridge
         self.bridge_load[bridge] = self.bridge_load.get(bridge, 0) - 1
 
+    def move_attachment(self, move: "Move") -> None:
+        self.remove_attachment(move.old)
+        self.add_attachment(move.new)
+
     # A change and its inverse, by name: how the journal and undo apply them.
     def apply(self, op: str, record) -> None:
         getattr(self, op)(record)
 
+    def undo(self, op: str, record) -> None:
+        if op == "move_attachment":
+            self.move_attachment(record.inverse())
+        else:
+            self.apply(INVERSE[op], record)
+
 
 INVERSE = {"add_network": "remove_network", "remove_network": "add_network",
            "add_attachment": "remove_attachment", "remove_attachment": "add_attachment"}
+
+
+@dataclass(frozen=True)
+class Move:
+    """A VM NIC's attachment replaced by one to another network, as one
+    change (one journal line): a crash never leaves it on neither or both."""
+    old: Attachment
+    new: Attachment
+
+    def inverse(self) -> "Move":
+        return Move(self.new, self.old)
 
 
 class Change:
@@ -205,7 +226,8 @@ class Change:
         body = {"add_network": lambda: {"network": rec.to_dict()},
                 "remove_network": lambda: {"id": rec.id},
                 "add_attachment": lambda: {"attachment": rec.to_dict()},
-                "remove_attachment": lambda: {"vm_id": rec.vm_id, "nic": rec.nic}}[self.op]()
+                "remove_attachment": lambda: {"vm_id": rec.vm_id, "nic": rec.nic},
+                "move_attachment": lambda: {"attachment": rec.new.to_dict()}}[self.op]()
         return (json.dumps({"seq": self.seq, "op": self.op, **body}, separators=(",", ":")) + "\n").encode()
 
 
@@ -227,6 +249,15 @@ def replay(state: State, record: dict) -> str | None:
         elif op == "remove_attachment":
             target = state.attachments.get((record.get("vm_id"), record.get("nic")))
             why = f"attachment {record.get('vm_id')}/{record.get('nic')} is not there" if target is None else None
+        elif op == "move_attachment":
+            new = Attachment.from_dict(record.get("attachment"), "attachment")
+            old = state.attachments.get(new.key)
+            if old is None:
+                return f"attachment {new.vm_id}/{new.nic} is not there to move"
+            state.remove_attachment(old)  # the new one is checked as if the old were gone, as it was
+            why = state.attachment_conflict(new)
+            state.add_attachment(old)
+            target = Move(old, new)
         else:
             return f"unknown op {str(op)[:40]!r}"
     except (InvalidArgs, ValueError, TypeError) as e:
@@ -376,7 +407,7 @@ class Registry(State):
     def _abort(self, error: Exception) -> None:
         """Undoes every change not on disk, newest first, and fails each."""
         for change in reversed(self._pending):
-            self.apply(INVERSE[change.op], change.record)
+            self.undo(change.op, change.record)
             change.error = error
         self._pending.clear()
         self.version += 1
@@ -427,7 +458,7 @@ class Registry(State):
         state.by_name, state.by_key = dict(self.by_name), dict(self.by_key)
         state.by_network = {}  # not read by what follows: left empty, not copied
         for change in reversed(self._pending):
-            state.apply(INVERSE[change.op], change.record)
+            state.undo(change.op, change.record)
         return Snapshot(state.networks, state.attachments, self.durable)
 
     def _write_snapshot(self, snap: Snapshot) -> None:

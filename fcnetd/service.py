@@ -32,6 +32,7 @@ ACTOR_OPTION = {"actor": ("s", str)}  # who the change is made for, recorded in 
 CREATE_OPTIONS = {"description": ("s", str), **ADDRESSING_OPTIONS, **ACTOR_OPTION}
 ATTACH_OPTIONS = {"vm_name": ("s", str), "nic": ("s", str), "mac": ("s", str), "ip": ("s", str),
                   **ADDRESSING_OPTIONS, **ACTOR_OPTION}
+MOVE_OPTIONS = {"mac": ("s", str), "ip": ("s", str), **ADDRESSING_OPTIONS, **ACTOR_OPTION}
 TAP_OPTIONS = {"owner_uid": ("u", int), "owner_gid": ("u", int), "tap_name": ("s", str), **ACTOR_OPTION}
 TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
@@ -604,6 +605,14 @@ class Manager(ServiceInterface):
         net = await self.engine.attach_vm(vm_id, bridge, vlan, opts.get("vm_name", ""),
                                           opts.get("nic", "eth0"), opts.get("mac", ""), opts.get("ip", ""),
                                           opts.get("mode"), opts.get("subnet"), opts.get("dhcp"))
+        return self._path(net)
+
+    @method()
+    @funnel
+    async def MoveVm(self, vm_id: "s", nic: "s", bridge: "s", vlan: "q", options: "a{sv}") -> "o":
+        opts = change_options(options, MOVE_OPTIONS)
+        net = await self.engine.move_vm(vm_id, nic, bridge, vlan, opts.get("mac", ""), opts.get("ip", ""),
+                                        opts.get("mode"), opts.get("subnet"), opts.get("dhcp"))
         return self._path(net)
 
     @method()

@@ -23,12 +23,13 @@ from __future__ import annotations
 
 import asyncio
 from collections import Counter, defaultdict
+from dataclasses import replace
 
 from fcnetd import errors as E
 from fcnetd.netlink import BridgeState, TapState
 
 OPERATIONS = ("ensure_bridge", "bridge", "create_tap", "delete_link", "taps", "link_index",
-              "set_master", "set_up", "port_vlans", "all_port_vlans", "set_port_vlans")
+              "set_master", "set_up", "set_down", "port_vlans", "all_port_vlans", "set_port_vlans")
 
 
 class Gate:
@@ -54,7 +55,7 @@ class YieldingNetlink:
     """The subset of fcnetd.netlink.Netlink the engine uses, on a dict of
     devices. `devices` is the kernel: TAP name -> TapState."""
 
-    BRIDGE_INDEX = 1
+    BRIDGE_INDEX = 1  # fcbr0's; other bridges count up from it
 
     def __init__(self, vlan: bool = True):
         self.vlan = vlan
@@ -63,6 +64,7 @@ class YieldingNetlink:
         self.calls: Counter = Counter()  # operation -> how many times it was called
         self._gates: dict[str, list[Gate]] = defaultdict(list)
         self._untagged: set[str] = set()  # created, tag still in flight
+        self.port_vlan_sets: list[tuple[int, dict]] = []  # (TAP index, VLANs) set, in order
 
     def hold(self, operation: str) -> Gate:
         """The next call of `operation` (one not already held) stops at its
@@ -86,7 +88,8 @@ class YieldingNetlink:
             await asyncio.sleep(0)
 
     def _bridge_state(self, name: str) -> BridgeState:
-        return BridgeState(name, self.BRIDGE_INDEX, True, self.vlan, 1)
+        index = self.BRIDGE_INDEX + (int(name[4:]) if name[:4] == "fcbr" and name[4:].isdigit() else 100)
+        return BridgeState(name, index, True, self.vlan, 1)
 
     async def ensure_bridge(self, name, create, mtu, vlan_filtering):
         await self._kernel("ensure_bridge")
@@ -126,11 +129,24 @@ class YieldingNetlink:
         await self._kernel("link_index")
         return None
 
+    def _tap(self, index: int) -> TapState | None:
+        return next((t for t in self.devices.values() if t.index == index), None)
+
+    def _update(self, index: int, **changes) -> None:
+        if (tap := self._tap(index)) is not None:
+            self.devices[tap.name] = replace(tap, **changes)
+
     async def set_up(self, index, what):
         await self._kernel("set_up")
+        self._update(index, up=True)
+
+    async def set_down(self, index, what):
+        await self._kernel("set_down")
+        self._update(index, up=False)
 
     async def set_master(self, index, master, what, bridge=""):
         await self._kernel("set_master")
+        self._update(index, master=master)
 
     async def port_vlans(self, index):
         await self._kernel("port_vlans")
@@ -142,6 +158,7 @@ class YieldingNetlink:
 
     async def set_port_vlans(self, index, wanted, what, current=None):
         await self._kernel("set_port_vlans")
+        self.port_vlan_sets.append((index, dict(wanted)))
 
 
 async def run_until_blocked(task: asyncio.Future, turns: int = 1000) -> None:
