@@ -257,6 +257,33 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
     lab.expect(9, "fcbr1 VLAN 10 after the repair", "e10", BROADCAST, {"f10"})
     lab.expect_not(9, "fcbr1 apart from fcbr0 after the repair", "f10", "a10", outside["f10"])
 
+    # 16. A running VM moved from VLAN 10 to VLAN 20 (MoveVm): the same TAP,
+    # its fd open all along, now reaches VLAN 20's VMs and no longer VLAN 10's.
+    client.call("AttachVm", "ssqa{sv}", "m1", "fcbr0", 10, {})
+    moving = client.call("CreateTap", "ssa{sv}", "m1", "eth0", {})[0]
+    lab.add("m1", moving, "fcbr0-vlan-10").send(BROADCAST, "hello")
+    time.sleep(0.2)
+    lab.drain(wire)
+    lab.expect(16, "before the move", "m1", BROADCAST, {"a10", "b10", "<uplink>"}, wire=wire)
+    index = json.loads(sh("ip", "-j", "link", "show", "dev", moving))[0]["ifindex"]
+    client.call("MoveVm", "sssqa{sv}", "m1", "eth0", "fcbr0", 20, {})
+    lab.net_of["m1"] = "fcbr0-vlan-20"
+    after = json.loads(sh("ip", "-j", "link", "show", "dev", moving))[0]
+    report.check(16, f"{moving} is the same device, up, in VLAN 20 only",
+                 after["ifindex"] == index and "UP" in after["flags"] and
+                 vlans_of(moving) == {20: ["Egress Untagged", "PVID"]}, f"{after['flags']}, {vlans_of(moving)}")
+    lab.ports["m1"].send(BROADCAST, "hello")  # its MAC learned in VLAN 20
+    time.sleep(0.2)
+    lab.drain(wire)
+    lab.expect(16, "after the move, VLAN 20", "m1", BROADCAST, {"c20", "d20", "<uplink>"}, wire=wire)
+    lab.expect(16, "after the move, VLAN 10 without it", "a10", BROADCAST, {"b10", "<uplink>"}, wire=wire)
+    lab.expect_not(16, "after the move, nothing to VLAN 10", "m1", "a10",
+                   {p for p in vms if vms[p] != ("fcbr0", 20)})
+    report.check(16, "the registry has it on fcbr0-vlan-20",
+                 "m1" in [e["VmId"] for e in client.call("GetNetwork", "s", "fcbr0-vlan-20")[0]["Vms"]])
+    lab.ports.pop("m1").close()
+    client.call("DetachVm", "ss", "m1", "eth0")
+
     # 7. kill -9 and restart: everything above still holds; old TAPs can be deleted.
     daemon.kill9()
     again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=300)

@@ -44,6 +44,7 @@ SCENARIOS = {
     13: "a tagged nat network's gateway is a VLAN device; out through masquerade; no routing between",
     14: "DeleteNetwork of a tagged nat network leaves no VLAN device, address, dnsmasq or nft rule",
     15: "a reconcile puts the bridge back in a tagged nat network's VLAN and keeps the rest as it is",
+    16: "a running VM moved from VLAN 10 to VLAN 20 keeps its TAP and reaches only VLAN 20",
 }
 NAT_SCENARIOS = {11, 12, 13, 14, 15}
 ONLY = os.environ.get("FCNETD_KERNEL_ONLY", "")  # "nat": just NAT_SCENARIOS
