@@ -516,13 +516,7 @@ class Engine:
             self._attaching[key] = self._attaching.get(key, 0) + 1
             counted = True
             try:
-                for _ in range(ENSURE_TRIES):
-                    net, _ = await self._ensure_network(bridge, vlan, addressing)
-                    if net.id in self.registry.networks:
-                        break  # a DeleteNetwork may win the await above; then it is made again
-                else:
-                    raise E.NoSuchNetwork(f"network {net.name} was deleted while attaching; try again")
-                addressing.check_matches(net)  # found, or made by a concurrent call with other values
+                net = await self._network_to_join(bridge, vlan, addressing, "attaching")
                 self._check_room(bridge)
                 # From here to the change: no await, so the address and MAC
                 # are still free when the change takes them.
@@ -586,13 +580,7 @@ class Engine:
             self._attaching[key] = self._attaching.get(key, 0) + 1
             counted = True
             try:
-                for _ in range(ENSURE_TRIES):
-                    net, _ = await self._ensure_network(bridge, vlan, addressing)
-                    if net.id in self.registry.networks:
-                        break
-                else:
-                    raise E.NoSuchNetwork(f"network {net.name} was deleted while moving; try again")
-                addressing.check_matches(net)
+                net = await self._network_to_join(bridge, vlan, addressing, "moving")
                 self._moved_attachment(old, net, mac, wanted)  # refused now, before the kernel changes
                 tap = self.taps.get(old.key)
                 if tap is not None:
@@ -624,6 +612,17 @@ class Engine:
         self.on_network_changed(source)
         self.on_network_changed(net)
         return net
+
+    async def _network_to_join(self, bridge: str, vlan: int, addressing: Addressing, doing: str) -> Network:
+        """The (bridge, VLAN) network a VM NIC joins, made if missing. The
+        caller counts it in `_attaching`, so no DeleteNetwork takes it once
+        found; one may win the await here, and then it is made again."""
+        for _ in range(ENSURE_TRIES):
+            net, _ = await self._ensure_network(bridge, vlan, addressing)
+            if net.id in self.registry.networks:
+                addressing.check_matches(net)  # found, or made by a concurrent call with other values
+                return net
+        raise E.NoSuchNetwork(f"network {net.name} was deleted while {doing}; try again")
 
     def _moved_attachment(self, old: Attachment, net: Network, mac: str,
                           wanted: ipam.IPv4Address | None) -> Attachment:
