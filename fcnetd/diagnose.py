@@ -40,6 +40,10 @@ GUIDE_FIREWALL = "the guide's 'Firewall blocking traffic'"
 RELOAD = "`systemctl reload fcnetd` (a reconcile) puts fcnetd's part back"
 
 
+def _cap(text: str) -> str:
+    return text[:1].upper() + text[1:]
+
+
 @dataclass(frozen=True)
 class Check:
     check: str  # a stable id: "bridge.present"
@@ -219,14 +223,14 @@ def bridge_checks(net, cfg, facts: Facts) -> list[Check]:
         make = ("fcnetd makes it again at its next reconcile (systemctl reload fcnetd)"
                 if cfg is not None and cfg.create else f"an admin creates it (ip link add {net.bridge} type bridge)")
         out.append(Check("bridge.present", FAIL, f"bridge {net.bridge} {seen}",
-                         f"{GUIDE_BRIDGE.capitalize()}: {make}; {GUIDE_ADMIN}"))
+                         f"{_cap(GUIDE_BRIDGE)}: {make}; {GUIDE_ADMIN}"))
         return out
     out.append(Check("bridge.present", OK, f"bridge {net.bridge} exists (index {br.index})"))
     if br.up:
         out.append(Check("bridge.up", OK, f"bridge {net.bridge} is up"))
     else:
         out.append(Check("bridge.up", FAIL, f"bridge {net.bridge} is down: it forwards nothing",
-                         f"{GUIDE_BRIDGE.capitalize()}: ip link set dev {net.bridge} up"))
+                         f"{_cap(GUIDE_BRIDGE)}: ip link set dev {net.bridge} up"))
     if net.vlan:
         if br.vlan_filtering:
             out.append(Check("bridge.vlan-filtering", OK, f"VLAN filtering is on on bridge {net.bridge}"))
@@ -349,7 +353,7 @@ def foreign_drop_check(net, facts: Facts) -> Check | None:
         return None
     if found:
         return Check("firewall.foreign-drop", WARN, f"another table drops by default: {'; '.join(found)}",
-                     f"{GUIDE_FIREWALL.capitalize()}: fcnetd's accepts do not override another table's drop; "
+                     f"{_cap(GUIDE_FIREWALL)}: fcnetd's accepts do not override another table's drop; "
                      "the owner of that table (Docker, firewalld, an admin) must accept this network's traffic")
     return Check("firewall.foreign-drop", OK, "no other table has a forward"
                  + (" or input" if net.mode == "nat" else "") + " chain with policy drop")
@@ -421,7 +425,7 @@ def lease_check(att, net, facts: Facts, prefix: str = "") -> Check | None:
         return Check(prefix + "vm.lease", OK, f"dnsmasq leased {att.ip} to {att.mac}, its reservation")
     if not leased:
         return Check(prefix + "vm.lease", WARN, f"no lease for {att.mac} (reserved {att.ip}): the VM has not asked "
-                     "for an address (not running, or no DHCP client)", GUIDE_NO_IP[0].upper() + GUIDE_NO_IP[1:])
+                     "for an address (not running, or no DHCP client)", _cap(GUIDE_NO_IP))
     return Check(prefix + "vm.lease", FAIL, f"{att.mac} holds {', '.join(leased)}, not its reservation {att.ip}",
                  f"{RELOAD}; then renew the lease inside the VM (e.g. dhclient -r; dhclient)")
 
@@ -506,7 +510,7 @@ def _apart(vm_a, atts_a, vm_b, atts_b, networks, config) -> Check:
                     and ua.uplink and ub.uplink):
                 return Check("path.network", WARN, f"{seen}: different bridges, one VLAN; they meet only beyond "
                              "the uplinks, through the switch",
-                             GUIDE_TRUNK.format(vlan=na.vlan)[0].upper() + GUIDE_TRUNK.format(vlan=na.vlan)[1:]
+                             _cap(GUIDE_TRUNK.format(vlan=na.vlan))
                              + " on both uplinks' switch ports")
     return Check("path.network", FAIL, f"{seen}: different networks, isolated by design",
                  GUIDE_ISOLATED + "; to let them talk, attach both to one network")
@@ -551,7 +555,9 @@ def probe_check(net, offers: list, timeout: float, chaddr: str = "") -> Check:
                      f"within {timeout:g} s", "See the nat.dnsmasq and firewall checks; " + GUIDE_FIREWALL)
     if not offers:
         return Check("dhcp.probe", WARN, f"no DHCP server answered in {where} within {timeout:g} s: VMs that "
-                     "use DHCP get no address (VMs with static addresses need none)", mismatch)
+                     "use DHCP get no address (VMs with static addresses need none)",
+                     mismatch + ". A server that pings an address before offering it (dnsmasq, ISC dhcpd) may "
+                     "need a longer wait: probe again with a timeout of 5 s")
     if len({o.server for o in offers}) > 1:
         return Check("dhcp.probe", WARN, f"several DHCP servers answered in {where}: {listed}",
                      "VMs take whichever answers first; keep one DHCP server per VLAN", tuple(offers))
