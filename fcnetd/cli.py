@@ -122,8 +122,41 @@ async def _run(args) -> int:
     elif args.cmd == "describe":
         (text,) = await m("Describe")
         print(text)
+    elif args.cmd == "diagnose":
+        status = await _diagnose(args, m)
+        conn.disconnect()
+        return status
     conn.disconnect()
     return 0
+
+
+DIAGNOSE_STATUS = {"ok": 0, "fail": 1, "warn": 2}  # exit status by the worst result
+
+
+async def _diagnose(args, m) -> int:
+    """`diagnose NETWORK`, `--vm VM [--nic N]` or `--path VM_A VM_B`: the
+    checks as a table (or --json); exit 0 all ok, 1 a check failed, 2 warnings only."""
+    if args.network:
+        opts = {"dhcp_probe": Variant("b", args.dhcp_probe)}
+        if args.timeout is not None:
+            opts["dhcp_timeout_ms"] = Variant("u", round(args.timeout * 1000))
+        (rows,) = await m("Diagnose", "sa{sv}", [args.network, opts])
+    elif args.vm:
+        (rows,) = await m("DiagnoseVm", "ss", [args.vm, args.nic])
+    else:
+        (rows,) = await m("DiagnosePath", "ss", list(args.path))
+    rows = unwrap(rows)
+    results = [r["Result"] for r in rows]
+    if args.json:
+        json.dump(rows, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(_table([[r["Check"], r["Result"], r["Detail"], r["Hint"]] for r in rows],
+                     ["Check", "Result", "Detail", "Hint"]))
+        print()
+        counts = ", ".join(f"{results.count(k)} {k}" for k in ("ok", "warn", "fail"))
+        print(f"{_plural(len(rows), 'check')}: {counts}.")
+    return max((DIAGNOSE_STATUS[r] for r in results), key=lambda s: (s == 1, s), default=0)
 
 
 async def _props(conn, path):
@@ -260,6 +293,17 @@ def parser() -> argparse.ArgumentParser:
     td.add_argument("vm_id")
     td.add_argument("--nic", default="eth0")
     sub.add_parser("describe", help="everything as JSON")
+    dg = sub.add_parser("diagnose", help="check a network, a VM NIC or the path between two VMs "
+                                         "(exit 0: all ok, 1: a check failed, 2: warnings only)")
+    which = dg.add_mutually_exclusive_group(required=True)
+    which.add_argument("network", nargs="?", help="the network to check (id or name)")
+    dg.add_argument("--dhcp-probe", action="store_true", help="ask the network's DHCP servers (a probe port "
+                                                              "plugs into its bridge and VLAN for the call)")
+    dg.add_argument("--timeout", type=float, metavar="S", help="how long the DHCP probe waits (default 2 s)")
+    which.add_argument("--vm", metavar="VM", help="check one VM's NICs")
+    dg.add_argument("--nic", default="", help="with --vm: only this NIC")
+    which.add_argument("--path", nargs=2, metavar=("VM_A", "VM_B"), help="why two VMs can or cannot talk")
+    dg.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     lg = sub.add_parser("log", help="the last changes, from the audit trail in the journal (this host's)")
     lg.add_argument("-n", type=_count_arg, default=20, metavar="N", help="how many (default 20)")
     lg.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")

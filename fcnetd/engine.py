@@ -20,7 +20,7 @@ from functools import partial
 from typing import NamedTuple
 
 from . import errors as E
-from . import faultpoint, ipam
+from . import dhcpprobe, faultpoint, ipam
 from .config import Config
 from .model import (MODES, Attachment, Network, TAP_PREFIX, auto_name, check_description, check_dhcp, check_id,
                     check_ifname, check_mac, check_mode, check_name, check_nic, check_tap_name, check_uid,
@@ -132,6 +132,10 @@ class Engine:
         # Each change once it is made, for the audit trail (audit.Audit.record):
         # the action, what it touched, and by_daemon=True for the daemon's own.
         self.on_change = lambda action, **about: None
+        # Probe ports (dhcpprobe.py) a daemon killed during a DHCP probe
+        # left; reconcile reaps them. Only a kernel's Netlink has any (the
+        # unit tests' fakes make none).
+        self.reap_probe_ports = partial(dhcpprobe.reap, netlink) if isinstance(netlink, Netlink) else None
 
     @property
     def host(self) -> str:
@@ -915,6 +919,10 @@ class Engine:
         except E.FcnetError as e:
             result["error"] += 1
             log.warning("uplink sync failed: %s", e)
+        if self.reap_probe_ports is not None:  # the gate is held alone: no probe is running
+            for name in await self.reap_probe_ports():
+                log.info("reaped probe port %s: a DHCP probe's, left by a daemon that was killed", name)
+                result["reaped"] += 1
         if self.nat is not None:
             by_network = {net_id: list(atts.values()) for net_id, atts in self.registry.by_network.items()}
             counts = await self.nat.converge(list(self.registry.networks.values()), by_network, self.bridges)

@@ -13,6 +13,7 @@ from collections import OrderedDict
 from . import __version__, caller
 from .bus import (DBusError, DictElement, Message, MessageType, PremarshalledReply, ServiceInterface, Variant,
                   call, dict_array_body, funnelled_property, method, wants_reply)
+from .diagnose import Diagnoser, check_timeout_ms
 from .engine import Engine
 from .errors import FcnetError, InvalidArgs
 from .lanes import Lanes, sliced
@@ -36,6 +37,7 @@ MOVE_OPTIONS = {"mac": ("s", str), "ip": ("s", str), **ADDRESSING_OPTIONS, **ACT
 TAP_OPTIONS = {"owner_uid": ("u", int), "owner_gid": ("u", int), "tap_name": ("s", str), **ACTOR_OPTION}
 TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
+DIAGNOSE_OPTIONS = {"dhcp_probe": ("b", bool), "dhcp_timeout_ms": ("u", int)}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -294,6 +296,19 @@ def describe_text(host: str, bridges: dict, networks: list[str]) -> str:
     if not networks:
         return head + ',\n  "networks": []\n}'
     return head + ',\n  "networks": [\n' + ",\n".join(networks) + "\n  ]\n}"
+
+
+def check_rows(checks) -> list[dict]:
+    """Diagnose's checks as aa{sv}: strings, and the DHCP probe's servers (aa{sv})."""
+    rows = []
+    for check in checks:
+        row = check.row()
+        servers = row.pop("Servers", None)
+        out = {k: Variant("s", v) for k, v in row.items()}
+        if servers is not None:
+            out["Servers"] = Variant("aa{sv}", [{k: Variant("s", v) for k, v in s.items()} for s in servers])
+        rows.append(out)
+    return rows
 
 
 class NetworkObject(ServiceInterface):
@@ -645,6 +660,24 @@ class Manager(ServiceInterface):
                  "Create": Variant("b", row["create"]), "Uplink": Variant("s", row["uplink"]),
                  "VlanFiltering": Variant("b", bool(row["vlan_filtering"]))}
                 for name, row in bridge_rows(self.engine).items()]
+
+    # -- Diagnose --------------------------------------------------------------
+    @method()
+    @funnel
+    async def Diagnose(self, network: "s", options: "a{sv}") -> "aa{sv}":
+        opts = parse_options(options, DIAGNOSE_OPTIONS)
+        timeout = check_timeout_ms(opts.get("dhcp_timeout_ms", 2000))
+        return check_rows(await Diagnoser(self.engine).network(network, opts.get("dhcp_probe", False), timeout))
+
+    @method()
+    @funnel
+    async def DiagnoseVm(self, vm_id: "s", nic: "s") -> "aa{sv}":
+        return check_rows(await Diagnoser(self.engine).vm(vm_id, nic))
+
+    @method()
+    @funnel
+    async def DiagnosePath(self, vm_a: "s", vm_b: "s") -> "aa{sv}":
+        return check_rows(await Diagnoser(self.engine).path(vm_a, vm_b))
 
     # -- properties ------------------------------------------------------------
     @funnelled_property()
