@@ -29,7 +29,6 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from .errors import FcnetError, Internal
 from .netlink import Device, Netlink, translate
-from .rawnetlink import parse_link_events
 
 PREFIX = "fcprobe"
 MARK = "fcnetd-probe:"
@@ -181,9 +180,7 @@ class ProbePort:
         for attempt in range(NAME_TRIES):
             stem = f"{PREFIX}{random.randrange(10**4):04d}"
             try:
-                # Netlink has no veth operation yet; _rt is its request path
-                # (a public Netlink.create_veth(name, peer) is the change to make there).
-                await self.netlink._rt("link", "add", ifname=stem + "b", kind="veth", peer=stem + "d")
+                await self.netlink.create_veth(stem + "b", stem + "d")
             except Exception as e:
                 if getattr(e, "code", None) == errno.EEXIST and attempt < NAME_TRIES - 1:
                     continue
@@ -195,13 +192,13 @@ class ProbePort:
         alias = MARK + self.network_id
         indexes = {}
         for name in (self.port, self.own):
-            msg = await self.netlink._link(name, "device")
+            msg = await self.netlink.link(name)
             if msg is None:
                 raise Internal(f"probe port {name}: deleted right after it was made")
             indexes[name] = msg["index"]
             if name == self.own:
                 self.mac = msg.get("address")
-            await self.netlink._set_link(msg["index"], ifalias=alias)
+            await self.netlink.set_alias(msg["index"], alias, Device("device", name))
             _no_ipv6(name)
         port = Device("device", self.port)
         await self.netlink.set_master(indexes[self.port], self.bridge_index, port, self.bridge)
@@ -218,7 +215,7 @@ class ProbePort:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + READY_SECONDS
         while loop.time() < deadline:
-            states = [await self.netlink._link(n, "device") for n in (self.port, self.own)]
+            states = [await self.netlink.link(n) for n in (self.port, self.own)]
             if all(m is not None and m.get("operstate") == "UP" for m in states):
                 return
             await asyncio.sleep(0.02)
@@ -277,16 +274,12 @@ async def probe(netlink: Netlink, network_id: str, bridge: str, bridge_index: in
 async def reap(netlink: Netlink) -> list[str]:
     """Deletes every probe port a killed daemon left; returns their names.
     Run with nothing probing (reconcile holds the engine's gate alone)."""
-    # One dump the kernel filters by kind, as Netlink.vlan_ports does
-    # (_link_dump is its request path).
-    parts = await netlink._link_dump([("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", "veth")]})],
-                                     "(all veth devices)")
     reaped = []
-    for event in (e for data in parts for e in parse_link_events(data)):
+    for event in await netlink.links_of_kind("veth"):
         name = event.ifname or ""
-        if event.kind != "veth" or not name.startswith(PREFIX) or name[-1] not in "bd":
+        if not name.startswith(PREFIX) or name[-1] not in "bd":
             continue
-        msg = await netlink._link(name, "device")
+        msg = await netlink.link(name)
         alias = (msg.get("ifalias") or "") if msg is not None else None
         if alias is None or (alias and not alias.startswith(MARK)):
             continue  # gone with its peer already, or not fcnetd's

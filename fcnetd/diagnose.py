@@ -11,7 +11,6 @@ the call.
 
 from __future__ import annotations
 
-import json
 import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
@@ -109,23 +108,14 @@ def _link_of(msg) -> Link:
 
 
 async def read_link(netlink: Netlink, name: str) -> Link | None:
-    # Netlink._link is the one-device read every other lookup uses; a public
-    # `Netlink.link(name)` returning the message is the change to make there.
-    msg = await netlink._link(name, "device")
+    msg = await netlink.link(name)
     return None if msg is None else _link_of(msg)
 
 
 def base_chains(firewall) -> list[dict]:
-    """Every base chain of every table (family, table, name, hook, policy),
-    read with libnftables through firewall.py, which stays the only module
-    importing it; nothing is changed."""
-    output = firewall._cmd("list chains", "reading the chains", json_output=True)
-    chains = []
-    for item in json.loads(output or "{}").get("nftables", []):
-        chain = item.get("chain")
-        if chain and chain.get("hook"):
-            chains.append({k: chain.get(k, "") for k in ("family", "table", "name", "hook", "policy")})
-    return chains
+    """Every base chain of every table, read with libnftables through
+    firewall.py (the only module importing it); nothing is changed."""
+    return firewall.base_chains()
 
 
 def _read_text(path: str) -> str | None:

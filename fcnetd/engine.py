@@ -132,10 +132,6 @@ class Engine:
         # Each change once it is made, for the audit trail (audit.Audit.record):
         # the action, what it touched, and by_daemon=True for the daemon's own.
         self.on_change = lambda action, **about: None
-        # Probe ports (dhcpprobe.py) a daemon killed during a DHCP probe
-        # left; reconcile reaps them. Only a kernel's Netlink has any (the
-        # unit tests' fakes make none).
-        self.reap_probe_ports = partial(dhcpprobe.reap, netlink) if isinstance(netlink, Netlink) else None
 
     @property
     def host(self) -> str:
@@ -919,10 +915,11 @@ class Engine:
         except E.FcnetError as e:
             result["error"] += 1
             log.warning("uplink sync failed: %s", e)
-        if self.reap_probe_ports is not None:  # the gate is held alone: no probe is running
-            for name in await self.reap_probe_ports():
-                log.info("reaped probe port %s: a DHCP probe's, left by a daemon that was killed", name)
-                result["reaped"] += 1
+        # Probe ports (dhcpprobe.py) a daemon killed during a DHCP probe left;
+        # the gate is held alone, so no probe is running.
+        for name in await dhcpprobe.reap(self.netlink):
+            log.info("reaped probe port %s: a DHCP probe's, left by a daemon that was killed", name)
+            result["reaped"] += 1
         if self.nat is not None:
             by_network = {net_id: list(atts.values()) for net_id, atts in self.registry.by_network.items()}
             counts = await self.nat.converge(list(self.registry.networks.values()), by_network, self.bridges)

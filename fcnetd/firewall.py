@@ -140,6 +140,17 @@ class Firewall:
             raise Internal(f"nftables: {what}: {error.strip() or f'libnftables returned {rc}'}")
         return output
 
+    def base_chains(self) -> list[dict]:
+        """Every base chain of every table on the host (family, table, name,
+        hook, policy), read only."""
+        output = self._cmd("list chains", "reading the chains", json_output=True)
+        chains = []
+        for item in json.loads(output or "{}").get("nftables", []):
+            chain = item.get("chain")
+            if chain and chain.get("hook"):
+                chains.append({k: chain.get(k, "") for k in ("family", "table", "name", "hook", "policy")})
+        return chains
+
     def listing(self) -> str | None:
         """The table as nft prints it, counter values left out (they move
         on their own), or None if there is none."""

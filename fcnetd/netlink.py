@@ -122,6 +122,7 @@ DOING = {
     "vlan_port": "creating it as a VLAN device on bridge {bridge}",
     "bridge_vlan": "making bridge {bridge} itself a tagged member of the VLAN",
     "bridge_unvlan": "taking bridge {bridge} itself out of the VLAN",
+    "alias": "setting its alias",
     "address": "adding an address",
     "unaddress": "removing an address",
 }
@@ -297,6 +298,28 @@ class Netlink:
             if e.code == errno.ENODEV:
                 return None
             raise translate(e, Device(kind, name), "read") from e
+
+    async def link(self, name: str):
+        """The raw link message of any device `name` (pyroute2's ifinfmsg:
+        index, address, ifalias, operstate, linkinfo ...), or None."""
+        return await self._link(name, "device")
+
+    async def create_veth(self, name: str, peer: str) -> None:
+        """A veth pair, both ends down; NetlinkError (EEXIST) if a name is taken."""
+        await self._rt("link", "add", ifname=name, kind="veth", peer=peer)
+
+    async def set_alias(self, index: int, alias: str, what: Device | str) -> None:
+        try:
+            await self._set_link(index, ifalias=alias)
+        except NetlinkError as e:
+            raise translate(e, what, "alias") from e
+
+    async def links_of_kind(self, kind: str) -> list[LinkEvent]:
+        """Every device of this kind (veth, vlan ...), from one dump the
+        kernel filters."""
+        parts = await self._link_dump([("IFLA_LINKINFO", {"attrs": [("IFLA_INFO_KIND", kind)]})],
+                                      f"(all {kind} devices)")
+        return [e for data in parts for e in parse_link_events(data) if e.kind == kind]
 
     async def bridge(self, name: str) -> BridgeState | None:
         msg = await self._link(name, "bridge")

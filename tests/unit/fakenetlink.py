@@ -29,7 +29,7 @@ from fcnetd import errors as E
 from fcnetd.netlink import BridgeState, TapState
 
 OPERATIONS = ("ensure_bridge", "bridge", "create_tap", "delete_link", "taps", "link_index",
-              "set_master", "set_up", "set_down", "port_vlans", "all_port_vlans", "set_port_vlans")
+              "set_master", "set_up", "set_down", "links_of_kind", "port_vlans", "all_port_vlans", "set_port_vlans")
 
 
 class Gate:
@@ -124,6 +124,10 @@ class YieldingNetlink:
         found = {(t.vm_id, t.nic): t for t in self.devices.values() if t.name not in self._untagged}
         await self._kernel("taps")
         return found
+
+    async def links_of_kind(self, kind):
+        await self._kernel("links_of_kind")
+        return []
 
     async def link_index(self, name):
         await self._kernel("link_index")
