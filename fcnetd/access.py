@@ -76,9 +76,10 @@ MANAGE_CALLS = frozenset({
     (MANAGER_IFACE, "CreateNetwork"), (MANAGER_IFACE, "EnsureNetwork"), (MANAGER_IFACE, "DeleteNetwork"),
     (MANAGER_IFACE, "AttachVm"), (MANAGER_IFACE, "MoveVm"), (MANAGER_IFACE, "DetachVm"),
     (MANAGER_IFACE, "CreateTap"), (MANAGER_IFACE, "DeleteTap"), (NETWORK_IFACE, "Delete"),
-    # They read, but Diagnose's DHCP probe plugs a port into a bridge for a
-    # moment, and the three answer with the kernel's and the firewall's state.
-    (MANAGER_IFACE, "Diagnose"), (MANAGER_IFACE, "DiagnoseVm"), (MANAGER_IFACE, "DiagnosePath"),
+    # They read, but ProbeDhcp plugs a port into a bridge for a moment, and
+    # all four answer with the kernel's and the firewall's state.
+    (MANAGER_IFACE, "Diagnose"), (MANAGER_IFACE, "ProbeDhcp"), (MANAGER_IFACE, "DiagnoseVm"),
+    (MANAGER_IFACE, "DiagnosePath"),
     (PROPERTIES, "Set"),
 })
 

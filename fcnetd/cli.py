@@ -137,10 +137,11 @@ async def _diagnose(args, m) -> int:
     """`diagnose NETWORK`, `--vm VM [--nic N]` or `--path VM_A VM_B`: the
     checks as a table (or --json); exit 0 all ok, 1 a check failed, 2 warnings only."""
     if args.network:
-        opts = {"dhcp_probe": Variant("b", args.dhcp_probe)}
-        if args.timeout is not None:
-            opts["dhcp_timeout_ms"] = Variant("u", round(args.timeout * 1000))
-        (rows,) = await m("Diagnose", "sa{sv}", [args.network, opts])
+        if args.dhcp_probe:
+            opts = {} if args.timeout is None else {"timeout_ms": Variant("u", round(args.timeout * 1000))}
+            (rows,) = await m("ProbeDhcp", "sa{sv}", [args.network, opts])
+        else:
+            (rows,) = await m("Diagnose", "s", [args.network])
     elif args.vm:
         (rows,) = await m("DiagnoseVm", "ss", [args.vm, args.nic])
     else:

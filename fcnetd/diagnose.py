@@ -512,9 +512,9 @@ def worst(checks: list[Check]) -> str:
 
 
 def check_timeout_ms(value: int) -> float:
-    """Option dhcp_timeout_ms (u) to seconds."""
+    """ProbeDhcp's option timeout_ms (u) to seconds."""
     if not 100 <= value <= 30000:
-        raise InvalidArgs("dhcp_timeout_ms", f"{value} is out of range: 100 to 30000 (milliseconds)")
+        raise InvalidArgs("timeout_ms", f"{value} is out of range: 100 to 30000 (milliseconds)")
     return value / 1000
 
 

@@ -37,7 +37,7 @@ MOVE_OPTIONS = {"mac": ("s", str), "ip": ("s", str), **ADDRESSING_OPTIONS, **ACT
 TAP_OPTIONS = {"owner_uid": ("u", int), "owner_gid": ("u", int), "tap_name": ("s", str), **ACTOR_OPTION}
 TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
-DIAGNOSE_OPTIONS = {"dhcp_probe": ("b", bool), "dhcp_timeout_ms": ("u", int)}
+PROBE_OPTIONS = {"timeout_ms": ("u", int)}
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -664,10 +664,16 @@ class Manager(ServiceInterface):
     # -- Diagnose --------------------------------------------------------------
     @method()
     @funnel
-    async def Diagnose(self, network: "s", options: "a{sv}") -> "aa{sv}":
-        opts = parse_options(options, DIAGNOSE_OPTIONS)
-        timeout = check_timeout_ms(opts.get("dhcp_timeout_ms", 2000))
-        return check_rows(await Diagnoser(self.engine).network(network, opts.get("dhcp_probe", False), timeout))
+    async def Diagnose(self, network: "s") -> "aa{sv}":
+        return check_rows(await Diagnoser(self.engine).network(network, False, 0))
+
+    @method()
+    @funnel
+    async def ProbeDhcp(self, network: "s", options: "a{sv}") -> "aa{sv}":
+        """Diagnose's checks and the DHCP probe (check dhcp.probe)."""
+        opts = parse_options(options, PROBE_OPTIONS)
+        timeout = check_timeout_ms(opts.get("timeout_ms", 2000))
+        return check_rows(await Diagnoser(self.engine).network(network, True, timeout))
 
     @method()
     @funnel

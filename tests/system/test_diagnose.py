@@ -33,7 +33,10 @@ def checks(client, *call) -> dict:
 
 
 def diagnose(client, network: str, **opts) -> dict:
-    return checks(client, "Diagnose", "sa{sv}", network, opts)
+    """Diagnose; with options (timeout_ms), ProbeDhcp: the same and the probe."""
+    if opts:
+        return checks(client, "ProbeDhcp", "sa{sv}", network, opts)
+    return checks(client, "Diagnose", "s", network)
 
 
 def diagnose_vm(client, vm: str, nic: str = "eth0") -> dict:
@@ -235,7 +238,7 @@ def probe_ports(ns) -> list[str]:
 
 def test_probe_reports_fcnetds_dnsmasq_on_a_nat_network(nat, client, ns):
     ns.ip("link", "set", "fcbr2", "address", "02:00:00:00:dd:02")  # else it takes a port's, the probe's
-    row = diagnose(client, "fcbr2", dhcp_probe=v("b", True))["dhcp.probe"]
+    row = diagnose(client, "fcbr2", timeout_ms=v("u", 2000))["dhcp.probe"]
     net = client.call("GetNetwork", "s", "fcbr2")[0]
     assert row["Result"] == "ok", row
     (server,) = row["Servers"]
@@ -251,7 +254,7 @@ def test_probe_reports_a_foreign_server_on_a_bridge_network(daemon, client, ns):
     with DhcpServer(ns, "fcbr0", "198.51.100.1/24", ("198.51.100.50", "198.51.100.60")):
         # dnsmasq pings an address for up to 3 s before it offers it (a
         # dynamic range's, unlike fcnetd's static leases)
-        row = diagnose(client, "fcbr0", dhcp_probe=v("b", True), dhcp_timeout_ms=v("u", 6000))["dhcp.probe"]
+        row = diagnose(client, "fcbr0", timeout_ms=v("u", 6000))["dhcp.probe"]
     assert row["Result"] == "ok", row
     (server,) = row["Servers"]
     assert (server["Server"], server["Subnet"], server["Mac"]) == (
@@ -263,7 +266,7 @@ def test_probe_reports_a_foreign_server_on_a_bridge_network(daemon, client, ns):
 def test_probe_reports_none_within_its_timeout(daemon, client, ns):
     client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
     started = time.monotonic()
-    row = diagnose(client, "fcbr0", dhcp_probe=v("b", True), dhcp_timeout_ms=v("u", 700))["dhcp.probe"]
+    row = diagnose(client, "fcbr0", timeout_ms=v("u", 700))["dhcp.probe"]
     assert time.monotonic() - started < 5
     assert row["Result"] == "warn" and row["Servers"] == [] and "within 0.7 s" in row["Detail"]
     assert "VLAN mismatch with DHCP server" in row["Hint"]
@@ -272,9 +275,8 @@ def test_probe_reports_none_within_its_timeout(daemon, client, ns):
 
 def test_a_probe_port_left_by_a_killed_daemon_is_reaped_at_the_next_start(daemon, client, ns):
     client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
-    caller = threading.Thread(target=lambda: pytest.raises(Exception, client.call, "Diagnose", "sa{sv}", "fcbr0",
-                                                           {"dhcp_probe": v("b", True),
-                                                            "dhcp_timeout_ms": v("u", 20000)}), daemon=True)
+    caller = threading.Thread(target=lambda: pytest.raises(Exception, client.call, "ProbeDhcp", "sa{sv}", "fcbr0",
+                                                           {"timeout_ms": v("u", 20000)}), daemon=True)
     caller.start()
     wait_for(lambda: len(probe_ports(ns)) == 2, 10, what="a probe port")
     left = sorted(probe_ports(ns))
@@ -289,11 +291,11 @@ def test_a_probe_port_left_by_a_killed_daemon_is_reaped_at_the_next_start(daemon
 
 def test_probe_options_are_checked(daemon, client):
     client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
-    e = client.error("Diagnose", "sa{sv}", "fcbr0", {"dhcp_timeout_ms": v("u", 60000)})
-    assert e.type == "org.freedesktop.DBus.Error.InvalidArgs" and "dhcp_timeout_ms" in e.text
-    e = client.error("Diagnose", "sa{sv}", "fcbr0", {"dhcp_probe": v("s", "yes")})
-    assert "dhcp_probe" in e.text and "'b'" in e.text
-    assert client.error("Diagnose", "sa{sv}", "nope", {}).type.endswith("NoSuchNetwork")
+    e = client.error("ProbeDhcp", "sa{sv}", "fcbr0", {"timeout_ms": v("u", 60000)})
+    assert e.type == "org.freedesktop.DBus.Error.InvalidArgs" and "timeout_ms" in e.text
+    e = client.error("ProbeDhcp", "sa{sv}", "fcbr0", {"timeout_ms": v("s", "5")})
+    assert "timeout_ms" in e.text and "'u'" in e.text
+    assert client.error("Diagnose", "s", "nope").type.endswith("NoSuchNetwork")
     assert client.error("DiagnoseVm", "ss", "vm-x", "eth0").type.endswith("NoSuchVm")
 
 
