@@ -112,7 +112,7 @@ class _Tail:
 
     async def _read(self, stream) -> None:
         while line := await stream.readline():
-            text = line.decode(errors="replace").strip()
+            text = line.decode(errors="replace").strip().removeprefix("ssh: ")
             if text:
                 self.lines = (self.lines + [text[:200]])[-3:]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import grp
+import json
 import os
 import shutil
 import signal
@@ -128,6 +129,15 @@ class UserBus(PrivateBus):
         return self
 
 
+def seeded(state_dir: str, registry: dict | None) -> str:
+    """A state directory holding `registry` as registry.json (if one is given)."""
+    if registry is not None:
+        os.makedirs(state_dir, mode=0o700)
+        with open(os.path.join(state_dir, "registry.json"), "w") as f:
+            json.dump(registry, f)
+    return state_dir
+
+
 def keygen(path: str, comment: str) -> str:
     run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", path])
     with open(path + ".pub") as f:
@@ -158,7 +168,7 @@ class RemoteHost:
     the client namespace by a veth pair (198.51.100.0/30 steps)."""
 
     def __init__(self, name: str, index: int, client: Netns, users: Users, home: str, client_pub: str,
-                 bridges: str = "fcbr0,fcbr1,fcbr2,fcbr3"):
+                 bridges: str = "fcbr0,fcbr1,fcbr2,fcbr3", registry: dict | None = None):
         self.name, self.home, self.users = name, home, users
         self.ns = Netns()
         self.address = f"198.51.100.{4 * index + 2}"
@@ -175,7 +185,8 @@ class RemoteHost:
         with open(self.config, "w") as f:
             f.write(f'[daemon]\nhost = "{name}"\n' + "".join(f"[bridges.{b}]\ncreate = true\n"
                                                              for b in bridges.split(",")))
-        self.daemon = Daemon(self.ns, self.bus, os.path.join(self.dir, "state"), self.config).start()
+        self.daemon = Daemon(self.ns, self.bus, seeded(os.path.join(self.dir, "state"), registry),
+                             self.config).start()
         self.host_pub = keygen(os.path.join(self.dir, "host_key"), f"{name}-host")
         keys = os.path.join(self.dir, "authorized_keys")
         with open(keys, "w") as f:
@@ -265,7 +276,9 @@ class SshStack:
     """node1 local, node2 and node3 over ssh; the web UI (uid nobody, group
     fcnet) in the client namespace, signed in through `self.http`."""
 
-    def __init__(self):
+    def __init__(self, registries: dict[str, dict] | None = None):
+        """registries: a registry to start each named host with (the bench's)."""
+        registries = registries or {}
         self.dir = tempfile.mkdtemp(prefix="fcnetd-ssh-")
         os.chmod(self.dir, 0o755)
         self.client = Netns()
@@ -281,9 +294,11 @@ class SshStack:
             cfg1 = os.path.join(self.dir, "node1.toml")
             with open(cfg1, "w") as f:
                 f.write('[daemon]\nhost = "node1"\n[bridges.fcbr0]\ncreate = true\n[bridges.fcbr1]\ncreate = true\n')
-            self.daemon1 = Daemon(self.ns1, self.bus1, os.path.join(self.dir, "state1"), cfg1).start()
+            self.daemon1 = Daemon(self.ns1, self.bus1, seeded(os.path.join(self.dir, "state1"),
+                                                              registries.get("node1")), cfg1).start()
             for i, name in enumerate(("node2", "node3")):
-                self.remotes.append(RemoteHost(name, i, self.client, self.users, self.dir, client_pub))
+                self.remotes.append(RemoteHost(name, i, self.client, self.users, self.dir, client_pub,
+                                               registry=registries.get(name)))
             self.node2, self.node3 = self.remotes
             self.known_hosts = os.path.join(self.dir, "known_hosts")
             with open(self.known_hosts, "w") as f:

@@ -62,7 +62,6 @@ def networks(session) -> str:
   <label class="sr" for="host-filter">Host</label>
   <select id="host-filter" hidden><option value="">All hosts</option></select>
 </div>
-<ul id="host-error" class="error hosts-down" aria-label="Unavailable hosts" hidden></ul>
 <table class="grid" id="networks">
   <thead><tr>
     <th scope="col">Network Name</th><th scope="col" class="host-col" hidden>Host</th>

@@ -72,7 +72,7 @@
     }
 
     // A host that does not answer is said so, with its reason and when it
-    // was last seen: in the list above the table, in a row of the table, in
+    // was last seen: in a row of the table where its networks would be, in
     // the host filter and in the Create dialog's host select.
     const lastSeen = (h) => h.last_seen ? `last seen ${h.last_seen.slice(0, 19).replace("T", " ")} UTC` : "not seen yet";
     const downText = (h) => `${h.name} is unavailable: ${h.error} (${lastSeen(h)})`;
@@ -95,12 +95,10 @@
       answered.classList.toggle("partial", data.answered < data.asked);
       renderHostFilter(data.hosts);
       const down = data.hosts.filter((h) => !h.available && (!state.host || h.name === state.host));
-      $("#host-error").hidden = !down.length;
-      $("#host-error").replaceChildren(...down.map((h) => el("li", { "data-host": h.name }, downText(h))));
       const body = $("#networks tbody");
       const columns = document.querySelectorAll("#networks thead th:not([hidden])").length;
       body.replaceChildren(...down.map((h) => el("tr", { class: "host-down", "data-host": h.name },
-        el("td", { colspan: columns }, downText(h)))), ...data.items.map(row));
+        el("td", { colspan: columns, role: "alert" }, downText(h)))), ...data.items.map(row));
       $("#empty").hidden = data.items.length > 0;
       $("#page-info").textContent = `Page ${data.page} of ${data.pages} · ${data.total} networks`;
       $("#prev").disabled = data.page <= 1;
