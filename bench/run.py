@@ -258,6 +258,7 @@ GROUPS = {
     "registry": "registry save at 4,094 networks + 10,000 attachments",
     "list": "ListNetworks of 4,094 networks",
     "webui": "the web UI's Networks page",
+    "hosts": "the Networks page over 3 hosts (2 over SSH) vs 1 local host; a change on node2 to the web UI",
     "attach": "AttachVm / DetachVm at 0 / 10,000 / 100,000 attachments",
     "restart": "restart to READY=1 at 0 / N / 2N TAPs",
     "bulk": "CreateTap p99 while another connection floods bulk reads",
@@ -318,6 +319,9 @@ async def main(args) -> int:
             bench_webui = None
         if bench_webui is not None:
             await bench_webui(figures, workdir)
+    if "hosts" in only and not args.skip_webui:
+        from bench_hosts import bench_hosts
+        await bench_hosts(figures, workdir)
     print()
     print(table(figures))
     save(figures, args.json)

@@ -1,26 +1,29 @@
 """The one module that imports dbus-fast. The daemon, fcnetctl and the web UI
 reach D-Bus through these names, so the library can be swapped here.
 
-It leans on four dbus-fast internals, pinned exactly in setup.cfg and checked
+It leans on five dbus-fast internals, pinned exactly in setup.cfg and checked
 when this module is imported (check_internals), so that a dbus-fast that
 moved one of them stops fcnetd at start with a message naming it, instead of
 misbehaving later: the asyncio writer (_MessageWriter, patched for EAGAIN),
 Message._marshall (overridden by PremarshalledReply), the marshaller and the
-header-field codes (DictElement, PremarshalledReply), and
-MessageBus._process_message (redispatch)."""
+header-field codes (DictElement, PremarshalledReply),
+MessageBus._process_message (redispatch), and
+MessageBus._create_socket_for_transport (connect_stream: a connection over
+a socket that is already connected, such as ssh's stdin and stdout)."""
 
 from __future__ import annotations
 
 import errno
 import functools
 import logging
+import socket
 import struct
 from importlib import metadata
 
 from .names import ERROR_PREFIX
 
 __all__ = ["DBusError", "Message", "MessageType", "Variant", "ServiceInterface", "dbus_property",
-           "funnelled_property", "method", "PropertyAccess", "connect", "call", "request_name", "unwrap",
+           "funnelled_property", "method", "PropertyAccess", "connect", "connect_stream", "call", "request_name", "unwrap",
            "redispatch", "DictElement", "dict_array_body", "PremarshalledReply", "wants_reply"]
 
 log = logging.getLogger("fcnetd.bus")
@@ -246,6 +249,8 @@ def check_internals() -> None:
         problems.append(f"aio._MessageWriter changed shape ({type(e).__name__}: {e})")
     if not callable(getattr(MessageBus, "_process_message", None)):
         problems.append("MessageBus._process_message is gone (used by redispatch)")
+    if not callable(getattr(MessageBus, "_create_socket_for_transport", None)):
+        problems.append("MessageBus._create_socket_for_transport is gone (used by connect_stream)")
     if problems:
         raise _mismatch("; ".join(problems))
 
@@ -262,6 +267,35 @@ async def connect(bus: str = "system") -> MessageBus:
     if bus == "session":
         return await MessageBus(bus_type=BusType.SESSION).connect()
     return await MessageBus(bus_address=bus).connect()
+
+
+class _Connected(socket.socket):
+    """A socket already joined to its peer: MessageBus.connect() still asks
+    the event loop to connect it, which must then do nothing."""
+
+    def connect(self, address) -> None:
+        pass
+
+
+class _StreamBus(MessageBus):
+    """A connection over a given socket instead of a bus address: the
+    library's connect() takes its socket from _create_socket_for_transport,
+    then authenticates and says Hello over it as over any other."""
+
+    def __init__(self, sock: _Connected, auth_timeout: float | None):
+        super().__init__(bus_address="unix:path=/", negotiate_unix_fd=False, auth_timeout=auth_timeout)
+        self._given = sock
+
+    def _create_socket_for_transport(self, transport, options):
+        return self._given, self._given.makefile("rwb"), ""
+
+
+async def connect_stream(sock: socket.socket, auth_timeout: float | None = None) -> MessageBus:
+    """A D-Bus connection over a connected stream socket whose peer relays
+    to a bus (one end of a socketpair whose other end is the stdin and
+    stdout of ssh running systemd-stdio-bridge on a remote host). The socket
+    is taken over: the connection closes it."""
+    return await _StreamBus(_Connected(fileno=sock.detach()), auth_timeout).connect()
 
 
 async def request_name(conn: MessageBus, name: str) -> bool:

@@ -15,6 +15,8 @@ import time
 from .audit import MESSAGE_ID
 from .bus import DBusError, Variant, call, connect, unwrap
 from .names import BUS_NAME, MANAGER_IFACE, MANAGER_PATH
+from .sshbus import SshError, SshTarget, check_destination
+from .sshbus import connect as ssh_connect
 
 
 def _table(rows: list[list[str]], headers: list[str]) -> str:
@@ -33,7 +35,20 @@ def _vlan(v: int) -> str:
 
 
 async def _run(args) -> int:
-    conn = await connect(args.bus)
+    remote = None
+    if args.host:  # the remote host's system bus, through ssh and systemd-stdio-bridge there
+        remote = await ssh_connect(SshTarget(args.host, args.port, args.identity, args.known_hosts))
+        conn = remote.conn
+    else:
+        conn = await connect(args.bus)
+    try:
+        return await _command(args, conn)
+    finally:
+        if remote is not None:
+            await remote.close()
+
+
+async def _command(args, conn) -> int:
 
     async def m(member, sig="", body=None):
         return await call(conn, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, member, sig, body)
@@ -246,10 +261,30 @@ def _count_arg(text: str) -> int:
     return int(text)
 
 
+def _destination_arg(text: str) -> str:
+    try:
+        return check_destination(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _port_arg(text: str) -> int:
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text[:40]!r} must be a port number from 1 to 65535")
+    return int(text)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fcnetctl", description="Manage fcnetd's networks over D-Bus")
     p.add_argument("--bus", default="system", help="system, session or a D-Bus address")
     p.add_argument("--json", action="store_true", help="machine-readable output")
+    r = p.add_argument_group("a remote host, over SSH (its system bus, through systemd-stdio-bridge there)")
+    r.add_argument("--host", "-H", type=_destination_arg, metavar="[USER@]HOST",
+                   help="the login must be in that host's group fcnet; its host key must be known")
+    r.add_argument("--port", type=_port_arg, help="ssh port (default: ssh's)")
+    r.add_argument("--identity", "-i", default="", metavar="FILE", help="ssh private key (default: ssh's)")
+    r.add_argument("--known-hosts", default="", metavar="FILE",
+                   help="the only known_hosts file to check the host key against (default: ssh's)")
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("list", help="list networks, newest first")
     ls.add_argument("--search", default="")
@@ -312,8 +347,15 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.host and args.bus != "system":
+        p.error("--host and --bus name two different buses; give one")
+    if not args.host and (args.port or args.identity or args.known_hosts):
+        p.error("--port, --identity and --known-hosts go with --host")
     if args.cmd == "log":  # the journal, not the bus
+        if args.host:
+            p.error("log reads this host's journal; run it on the remote host")
         return _log(args)
     try:
         return asyncio.run(_run(args))
@@ -323,8 +365,12 @@ def main(argv=None) -> int:
     except BrokenPipeError:  # the reader left (fcnetctl list | head): not a bus problem
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit
         return 1
+    except SshError as e:
+        print(f"fcnetctl: cannot reach {args.host}'s bus: {e}", file=sys.stderr)
+        return 1
     except (OSError, ValueError) as e:
-        print(f"fcnetctl: cannot reach fcnetd on the {args.bus} bus: {e}", file=sys.stderr)
+        where = f"{args.host}'s system bus (over ssh)" if args.host else f"the {args.bus} bus"
+        print(f"fcnetctl: cannot reach fcnetd on {where}: {e}", file=sys.stderr)
         return 1
 
 

@@ -16,6 +16,7 @@ APT_PACKAGES=(
   nftables python3-nftables                       # nat networks: libnftables and its binding (fcnetd/firewall.py)
   dnsmasq-base                                    # nat networks: DHCP and DNS (fcnetd/dnsmasq.py; makes user dnsmasq)
   polkitd                                         # system tier: a real polkit authority (tests/system/polkitd.py)
+  openssh-server openssh-client                   # remote hosts: ssh for the web UI and fcnetctl --host; the tests' own sshd
 )
 
 missing=()

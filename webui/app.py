@@ -18,7 +18,7 @@ from fcnetd.model import auto_name, excerpt, matches_search
 from fcnetd.schema import from_dbus
 
 from . import config as configmod, pages
-from .hosts import DBusError, Host, explain
+from .hosts import DBusError, Host, Unavailable, explain
 from .sessions import Sessions
 from .throttle import SignInThrottle
 from .users import ROLES, UserError, UserStore
@@ -33,6 +33,7 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
 HTTP_STATUS = {"InvalidArgs": 400, "NetworkExists": 409, "NetworkInUse": 409, "NoSuchNetwork": 404,
                "BridgeNotAllowed": 400, "BridgeNotFound": 400, "VlanUnsupported": 400, "AccessDenied": 403,
                "SubnetConflict": 409, "AddressUnavailable": 409}
+START_WAIT_SECONDS = 3.0  # how long the start waits for the hosts' first answers (never for a host)
 
 
 class BadField(ValueError):
@@ -73,8 +74,9 @@ class App:
         self.throttle = SignInThrottle()
         # configured hosts, else one host on --bus (default: the system bus)
         hosts = cfg.hosts or {"": buses[0] if buses else "system"}
-        self.hosts = [Host(label, bus, self._changed) for label, bus in hosts.items()]
+        self.hosts = [Host(label, where, self._changed) for label, where in hosts.items()]
         self.listeners: set[asyncio.Queue] = set()
+        self._tasks: set[asyncio.Task] = set()
 
     # -- infrastructure ---------------------------------------------------
     def _changed(self, event: dict) -> None:
@@ -192,6 +194,10 @@ class App:
         kind = q.get("type", "")
         if kind not in ("", "bridge", "vlan"):
             return web.json_response({"error": "type: must be bridge or vlan"}, status=400)
+        only = q.get("host", "")
+        if only and only not in (h.name for h in self.hosts):
+            return web.json_response({"error": f"host: no host {excerpt(only)}", "field": "host"}, status=400)
+        shown = [h for h in self.hosts if not only or h.name == only]
         sort = q.get("sort", "created")
         order = q.get("order", "desc")
         try:
@@ -200,7 +206,7 @@ class App:
         except ValueError:
             return web.json_response({"error": "page and size must be numbers"}, status=400)
         items = []
-        for h in self.hosts:
+        for h in shown:
             for n in h.networks.values():
                 if kind and n["type"] != kind:
                     continue
@@ -212,15 +218,16 @@ class App:
         total = len(items)
         start = (page - 1) * size
         return web.json_response({
-            "total": total, "all": sum(len(h.networks) for h in self.hosts), "page": page, "size": size,
+            "total": total, "all": sum(len(h.networks) for h in shown), "page": page, "size": size,
             "pages": max(1, -(-total // size)), "items": items[start:start + size],
-            "hosts": [{"name": h.name, "error": h.error} for h in self.hosts]})
+            "answered": sum(h.available for h in shown), "asked": len(shown),
+            "hosts": [h.status() for h in self.hosts]})
 
     async def api_network(self, request):
         h = self.host(request.match_info["host"])
         try:
             (net,) = await h.m("GetNetwork", "s", request.match_info["id"])
-        except DBusError as e:
+        except (DBusError, Unavailable) as e:
             return self._dbus_error(e)
         return web.json_response({**from_dbus(net), "host": h.name})
 
@@ -228,7 +235,7 @@ class App:
         h = self.host(request.query.get("host", self.hosts[0].name))
         try:
             (bridges,) = await h.m("ListBridges")
-        except DBusError as e:
+        except (DBusError, Unavailable) as e:
             return self._dbus_error(e)
         return web.json_response({"host": h.name, "bridges": [b["Name"] for b in bridges]})
 
@@ -266,7 +273,7 @@ class App:
                 opts[key] = Variant("s", value.strip())
         try:
             (path,) = await h.m("CreateNetwork", "ssqa{sv}", name, bridge, vlan, opts)
-        except DBusError as e:
+        except (DBusError, Unavailable) as e:
             return self._dbus_error(e)
         log.info("%s created network %s on %s", request["session"].user, name or auto_name(bridge, vlan), h.name)
         return web.json_response({"path": path, "name": name or auto_name(bridge, vlan)}, status=201)
@@ -275,12 +282,15 @@ class App:
         h = self.host(request.match_info["host"])
         try:
             await h.m("DeleteNetwork", "s", request.match_info["id"])
-        except DBusError as e:
+        except (DBusError, Unavailable) as e:
             return self._dbus_error(e)
         log.info("%s deleted network %s on %s", request["session"].user, request.match_info["id"], h.name)
         return web.json_response({"deleted": request.match_info["id"]})
 
-    def _dbus_error(self, e: DBusError):
+    def _dbus_error(self, e: DBusError | Unavailable):
+        if isinstance(e, Unavailable):  # answered at once: the host is down, or did not answer in time
+            return web.json_response({"error": str(e), "code": e.code or "HostUnavailable", "field": ""},
+                                     status=HTTP_STATUS.get(e.code, 503))
         name = error_name(e)
         field = e.text.split(":", 1)[0] if name == "InvalidArgs" and ":" in e.text else ""
         status = HTTP_STATUS.get(name, 502)
@@ -324,12 +334,28 @@ class App:
         return app
 
     async def _start(self, app) -> None:
+        """Each host on a task of its own; the start waits a moment for their
+        first answers, so the first page is whole, but never for a host that
+        is down or slow."""
         for h in self.hosts:
-            await h.start()
+            task = asyncio.get_running_loop().create_task(h.run(), name=f"host {h.label or h.where}")
+            self._tasks.add(task)
+            task.add_done_callback(self._host_ended)
+        first = [asyncio.ensure_future(h.tried.wait()) for h in self.hosts]
+        await asyncio.wait(first, timeout=START_WAIT_SECONDS)
+        for waiter in first:
+            waiter.cancel()
+
+    def _host_ended(self, task: asyncio.Task) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:  # run() catches everything: a bug
+            log.error("%s stopped following its host", task.get_name(), exc_info=task.exception())
 
     async def _stop(self, app) -> None:
-        for h in self.hosts:
-            h.close()
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _users_cli(store: UserStore, args) -> int:

@@ -50,6 +50,7 @@ def networks(session) -> str:
     return layout("Networks", f"""
 <header class="page-head">
   <div><h1>Networks <span id="count" class="count" aria-label="network count"></span></h1>
+  <p id="answered" class="answered" role="status" hidden></p>
   <p class="sub">Bridges and VLANs that connect your VMs. Networks appear here automatically when a VM is attached.</p></div>
   {create}
 </header>
@@ -58,8 +59,9 @@ def networks(session) -> str:
   <input id="search" type="search" placeholder="Search by name, bridge or VLAN">
   <label class="sr" for="type">Type</label>
   <select id="type"><option value="">All types</option><option value="bridge">Bridge</option><option value="vlan">VLAN</option></select>
+  <label class="sr" for="host-filter">Host</label>
+  <select id="host-filter" hidden><option value="">All hosts</option></select>
 </div>
-<div id="host-error" class="error" hidden></div>
 <table class="grid" id="networks">
   <thead><tr>
     <th scope="col">Network Name</th><th scope="col" class="host-col" hidden>Host</th>

@@ -58,12 +58,12 @@
 
   // ---- Networks page ------------------------------------------------------
   function networksPage() {
-    const state = { search: "", type: "", sort: "created", order: "desc", page: 1 };
+    const state = { search: "", type: "", host: "", sort: "created", order: "desc", page: 1 };
     let last = null;
     let multiHost = false;
 
     async function load() {
-      const q = new URLSearchParams({ search: state.search, type: state.type, sort: state.sort,
+      const q = new URLSearchParams({ search: state.search, type: state.type, host: state.host, sort: state.sort,
                                       order: state.order, page: state.page });
       const data = await api("GET", `/api/networks?${q}`);
       last = data;
@@ -71,14 +71,34 @@
       render(data);
     }
 
+    // A host that does not answer is said so, with its reason and when it
+    // was last seen: in a row of the table where its networks would be, in
+    // the host filter and in the Create dialog's host select.
+    const lastSeen = (h) => h.last_seen ? `last seen ${h.last_seen.slice(0, 19).replace("T", " ")} UTC` : "not seen yet";
+    const downText = (h) => `${h.name} is unavailable: ${h.error} (${lastSeen(h)})`;
+
+    function renderHostFilter(hosts) {
+      const sel = $("#host-filter");
+      sel.hidden = hosts.length <= 1;
+      const options = [el("option", { value: "" }, "All hosts"),
+        ...hosts.map((h) => el("option", { value: h.name }, h.available ? h.name : `${h.name} (unavailable)`))];
+      sel.replaceChildren(...options);
+      sel.value = hosts.some((h) => h.name === state.host) ? state.host : "";
+    }
+
     function render(data) {
       $("#count").textContent = `(${data.all})`;
       for (const th of document.querySelectorAll(".host-col")) th.hidden = !multiHost;
-      const errors = data.hosts.filter((h) => h.error);
-      $("#host-error").hidden = !errors.length;
-      $("#host-error").textContent = errors.map((h) => `${h.name}: ${h.error}`).join("; ");
+      const answered = $("#answered");
+      answered.hidden = data.hosts.length <= 1;
+      answered.textContent = `${data.answered} of ${data.asked} host${data.asked === 1 ? "" : "s"} answered`;
+      answered.classList.toggle("partial", data.answered < data.asked);
+      renderHostFilter(data.hosts);
+      const down = data.hosts.filter((h) => !h.available && (!state.host || h.name === state.host));
       const body = $("#networks tbody");
-      body.replaceChildren(...data.items.map(row));
+      const columns = document.querySelectorAll("#networks thead th:not([hidden])").length;
+      body.replaceChildren(...down.map((h) => el("tr", { class: "host-down", "data-host": h.name },
+        el("td", { colspan: columns, role: "alert" }, downText(h)))), ...data.items.map(row));
       $("#empty").hidden = data.items.length > 0;
       $("#page-info").textContent = `Page ${data.page} of ${data.pages} · ${data.total} networks`;
       $("#prev").disabled = data.page <= 1;
@@ -145,8 +165,11 @@
       form.reset();
       $("#create-error").hidden = true;
       const hostSel = $("#c-host");
-      const hosts = last ? last.hosts.map((h) => h.name) : [];
-      hostSel.replaceChildren(...hosts.map((h) => el("option", { value: h }, h)));
+      const hosts = last ? last.hosts : [];
+      hostSel.replaceChildren(...hosts.map((h) => el("option", { value: h.name, disabled: !h.available,
+        title: h.available ? false : downText(h) }, h.available ? h.name : `${h.name} — unavailable`)));
+      const first = hosts.find((h) => h.available);
+      if (first) hostSel.value = first.name;
       hostSel.closest("form").querySelector('label[for="c-host"]').hidden = hosts.length <= 1;
       hostSel.hidden = hosts.length <= 1;
       await fillBridges();
@@ -228,6 +251,7 @@
       searchTimer = setTimeout(() => { state.search = e.target.value; state.page = 1; load(); }, 150);
     });
     $("#type").addEventListener("change", (e) => { state.type = e.target.value; state.page = 1; load(); });
+    $("#host-filter").addEventListener("change", (e) => { state.host = e.target.value; state.page = 1; load(); });
     $("#sort-vms").addEventListener("click", () => {
       if (state.sort !== "vms") { state.sort = "vms"; state.order = "desc"; }
       else if (state.order === "desc") state.order = "asc";
