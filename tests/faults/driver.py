@@ -17,7 +17,7 @@ from .model import Op, Outcome
 
 CALL_TIMEOUT = 30.0
 START_TIMEOUT = 60.0  # READY=1 on a loaded shared machine can take far longer than usual
-RELOADED = "config reloaded"  # fcnetd's log line at the end of every reload
+RELOADED = "config reloaded: bridges"  # fcnetd's log line at the end of every reload (the audit's "config reloaded: action=" comes before)
 
 
 def _wire(op: Op) -> tuple[str, list]:

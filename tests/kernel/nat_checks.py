@@ -275,12 +275,13 @@ def reconciled(report, daemon, tagged, vlans_of, g10, lease10) -> None:
     log_start = len(daemon.output())
     daemon.proc.send_signal(signal.SIGHUP)
     deadline = time.monotonic() + RECONCILE_WAIT
-    while "config reloaded" not in daemon.output()[log_start:] and time.monotonic() < deadline:
+    # the reload's last line; the audit entry "config reloaded: action=..." comes before its reconcile
+    while "config reloaded: bridges" not in daemon.output()[log_start:] and time.monotonic() < deadline:
         time.sleep(0.1)
     log = daemon.output()[log_start:]
     problems = re.findall(r".*(?:ERROR|Traceback|WARNING fcnetd\.nat).*", log)
     report.check(15, "SIGHUP's reconcile ran and logged no error and no nat warning",
-                 "config reloaded" in log and not problems, "\n".join(problems) or log[-1500:])
+                 "config reloaded: bridges" in log and not problems, "\n".join(problems) or log[-1500:])
     own = vlans_of(BRIDGE)
     report.check(15, f"{BRIDGE} itself is a tagged member of VLAN {TAGGED} again",
                  own == {1: ["Egress Untagged", "PVID"], TAGGED: []}, f"bridge vlan show dev {BRIDGE}: {own}")
