@@ -23,7 +23,6 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import Collector
 
 from . import __version__, ipam, nat as natmod, procstats
-from .traffic import TapCounters
 from .firewall import Firewall
 from .schema import LABELS
 from .service import LATENCY_BUCKETS
@@ -146,10 +145,17 @@ TAP_GAUGES = (
 
 
 def traffic_rows(taps: tuple[TapRow, ...]):
-    """The snapshot's TAPs as the traffic history takes them."""
-    return (TapCounters(r.vm, r.nic, r.network_id, r.index, r.counters.rx_bytes, r.counters.tx_bytes,
-                        r.counters.rx_packets, r.counters.tx_packets)
+    """The snapshot's TAPs as the traffic history takes them (TapCounters' order)."""
+    return ((r.vm, r.nic, r.network_id, r.index, r.counters.rx_bytes, r.counters.tx_bytes,
+             r.counters.rx_packets, r.counters.tx_packets)
             for r in taps if r.counters is not None)
+
+
+def build_and_feed(state: dict, history) -> Snapshot:
+    """build(), then the traffic history fed from it, in the worker thread."""
+    snapshot = build(state)
+    history.feed(snapshot.taken, traffic_rows(snapshot.taps))
+    return snapshot
 
 
 def _escape(value: str) -> str:
@@ -324,8 +330,7 @@ class Refresher:
 
     async def refresh(self) -> None:
         state = capture(self.daemon, nat=self.exposition is not None)
-        snapshot = await asyncio.to_thread(build, state)
-        self.daemon.engine.traffic.feed(snapshot.taken, traffic_rows(snapshot.taps))
+        snapshot = await asyncio.to_thread(build_and_feed, state, self.daemon.engine.traffic)
         if self.exposition is not None:
             self.exposition.publish(snapshot)
 
