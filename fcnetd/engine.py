@@ -299,7 +299,7 @@ class Engine:
             self._lost_bridges.discard(bridge)
             log.info("bridge %s is back; putting fcnetd's ports and addresses on it again", bridge)
             return self.reconcile_drift
-        if not state.up and was is not None and was.up and self._carries(bridge):
+        if not state.up and was is not None and was.up and self._owns_bridge(bridge):
             log.warning("bridge %s, which carries networks, was set down behind fcnetd's back", bridge)
             return self.reconcile_drift
         if state.vlan_filtering is not False or not self._carries_tagged(bridge):
@@ -327,6 +327,13 @@ class Engine:
 
     def _carries(self, bridge: str) -> bool:
         return any(n.bridge == bridge for n in self.registry.networks.values())
+
+    def _owns_bridge(self, bridge: str) -> bool:
+        """A bridge fcnetd may make (`create = true`) and that carries
+        networks is fcnetd's to keep up; one an admin manages
+        (`create = false`) set down stays down, its networks' Status
+        `bridge-down` (Diagnose names the fix), as a missing one is waited for."""
+        return self.config.bridges[bridge].create and self._carries(bridge)
 
     def _carries_tagged(self, bridge: str) -> bool:
         return any(n.bridge == bridge and n.vlan for n in self.registry.networks.values())
@@ -922,7 +929,7 @@ class Engine:
                     self._lost_bridges.add(bridge)
             if state is not None:
                 self._lost_bridges.discard(bridge)
-            if state is not None and not state.up and self._carries(bridge):
+            if state is not None and not state.up and self._owns_bridge(bridge):
                 log.warning("bridge %s, which carries networks, is down; setting it up again", bridge)
                 try:
                     state = await self._prepare_bridge(bridge, int(self._carries_tagged(bridge)))

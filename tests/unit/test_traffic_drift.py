@@ -92,8 +92,10 @@ def test_a_bridge_set_down_is_set_up_again_and_its_networks_status_told(tmp_path
         await repair()
         assert e.status(e.find_network("fcbr0")) == "active" and changed == ["fcbr0", "fcbr0"]
         assert [w for w, _ in drifts] == ["bridge.down"] and "fcbr0" in drifts[0][1]
-        # a bridge without networks, set down: not fcnetd's to repair
+        # an admin's bridge (create = false) set down stays down: Diagnose names the fix
+        await e.create_network("", "fcbr1", 0)
         assert e.bridge_changed("fcbr1", BridgeState("fcbr1", 2, False, True, 1)) is None
+        assert e.status(e.find_network("fcbr1")) == "bridge-down" and len(drifts) == 1
     asyncio.run(go())
 
 
