@@ -263,6 +263,7 @@ GROUPS = {
     "restart": "restart to READY=1 at 0 / N / 2N TAPs",
     "bulk": "CreateTap p99 while another connection floods bulk reads",
     "nat": "AttachVm + CreateTap on a nat vs a bridge network; TAP up to the guest's DHCP lease",
+    "traffic": "the traffic history's sample at 10,000 vs 100 TAPs, in process",
 }
 
 
@@ -312,6 +313,9 @@ async def main(args) -> int:
     if "nat" in only:
         from bench_nat import bench_nat
         await bench_nat(figures, workdir)
+    if "traffic" in only:
+        from bench_traffic import bench_traffic
+        bench_traffic(figures)
     if "webui" in only:
         try:
             from bench_webui import bench_webui

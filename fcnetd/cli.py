@@ -57,6 +57,8 @@ async def _command(args, conn) -> int:
     if args.cmd == "list":
         flt = {k: Variant("s", v) for k, v in (("search", args.search), ("type", args.type),
                                                 ("bridge", args.bridge), ("mode", args.mode)) if v}
+        if args.unused:
+            flt["unused"] = Variant("b", True)
         (nets,) = await m("ListNetworks", "a{sv}", [flt])
         nets = unwrap(nets)
         if args.json:
@@ -105,6 +107,10 @@ async def _command(args, conn) -> int:
     elif args.cmd == "delete":
         await m("DeleteNetwork", "s", [args.network])
         _say(args, {"deleted": args.network}, f"deleted {args.network}")
+    elif args.cmd == "delete-unused":
+        status = await _delete_unused(args, m)
+        conn.disconnect()
+        return status
     elif args.cmd in ("attach", "move"):
         opts = {k: Variant("s", val) for k, val in (("mac", args.mac), ("ip", args.ip)) if val}
         if args.cmd == "attach":
@@ -143,6 +149,45 @@ async def _command(args, conn) -> int:
         return status
     conn.disconnect()
     return 0
+
+
+async def _delete_unused(args, m) -> int:
+    """Every unused network (or the named ones), one DeleteNetwork each: a
+    network that got a VM meanwhile is refused by fcnetd and reported, the
+    rest go on. Exit 0 if all were deleted, 1 if any was refused."""
+    if args.network:
+        names = list(dict.fromkeys(args.network))
+    else:
+        (nets,) = await m("ListNetworks", "a{sv}", [{"unused": Variant("b", True)}])
+        names = [n["Name"] for n in unwrap(nets)]
+    if not names:
+        _say(args, {"deleted": [], "refused": []}, "no unused networks.")
+        return 0
+    if not args.yes:
+        if not sys.stdin.isatty():
+            print(f"fcnetctl: would delete {', '.join(names)}; give --yes to do it", file=sys.stderr)
+            return 1
+        answer = input(f"Delete {_plural(len(names), 'network')} ({', '.join(names)})? [y/N] ")
+        if answer.strip().lower() not in ("y", "yes"):
+            print("nothing deleted.")
+            return 1
+    deleted, refused = [], []
+    for name in names:
+        try:
+            await m("DeleteNetwork", "s", [name])
+            deleted.append(name)
+            if not args.json:
+                print(f"deleted {name}")
+        except DBusError as e:
+            refused.append({"network": name, "error": e.type.rsplit(".", 1)[-1], "message": e.text})
+            if not args.json:
+                print(f"not deleted {name}: {e.text} ({refused[-1]['error']})")
+    if args.json:
+        json.dump({"deleted": deleted, "refused": refused}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(f"{_plural(len(deleted), 'network')} deleted" + (f", {len(refused)} refused." if refused else "."))
+    return 1 if refused else 0
 
 
 DIAGNOSE_STATUS = {"ok": 0, "fail": 1, "warn": 2}  # exit status by the worst result
@@ -291,6 +336,7 @@ def parser() -> argparse.ArgumentParser:
     ls.add_argument("--type", choices=["bridge", "vlan"], default="")
     ls.add_argument("--bridge", default="")
     ls.add_argument("--mode", choices=["bridge", "nat"], default="")
+    ls.add_argument("--unused", action="store_true", help="only networks without a VM attached")
     sub.add_parser("show", help="one network with its VMs").add_argument("network")
     c = sub.add_parser("create", help="create a network by hand")
     c.add_argument("bridge")
@@ -302,6 +348,11 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--subnet", default="", help="IPv4 CIDR, /16 to /29; for nat default: a free /24 of [nat] pool")
     c.add_argument("--no-dhcp", action="store_true", help="a nat network without fcnetd's DHCP server")
     sub.add_parser("delete", help="delete a network (refused while VMs are attached)").add_argument("network")
+    du = sub.add_parser("delete-unused", help="delete every network without a VM attached, or the named ones "
+                                              "(each must be unused); each is reported")
+    du.add_argument("network", nargs="*", help="only these (id or name)")
+    du.add_argument("--yes", "-y", action="store_true", help="do not ask (needed when stdin is not a terminal)")
+    du.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="machine-readable output")
     a = sub.add_parser("attach", help="attach a VM NIC (auto-creates the network)")
     a.add_argument("vm_id")
     a.add_argument("bridge")
