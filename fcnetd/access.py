@@ -67,7 +67,7 @@ MANAGE = "org.fcnetd.network1.manage"
 
 READ_CALLS = frozenset({
     (MANAGER_IFACE, "GetNetwork"), (MANAGER_IFACE, "ListNetworks"), (MANAGER_IFACE, "CountNetworks"),
-    (MANAGER_IFACE, "Describe"), (MANAGER_IFACE, "ListBridges"),
+    (MANAGER_IFACE, "Describe"), (MANAGER_IFACE, "ListBridges"), (MANAGER_IFACE, "GetTraffic"),
     (PROPERTIES, "Get"), (PROPERTIES, "GetAll"),
     (OBJECT_MANAGER_IFACE, "GetManagedObjects"),
     (INTROSPECTABLE, "Introspect"),  # in the network subtree, where it lists network ids (is_open)

@@ -23,7 +23,7 @@ from importlib import metadata
 from .names import ERROR_PREFIX
 
 __all__ = ["DBusError", "Message", "MessageType", "Variant", "ServiceInterface", "dbus_property",
-           "funnelled_property", "method", "PropertyAccess", "connect", "connect_stream", "call", "request_name", "unwrap",
+           "funnelled_property", "method", "signal", "PropertyAccess", "connect", "connect_stream", "call", "request_name", "unwrap",
            "redispatch", "DictElement", "dict_array_body", "PremarshalledReply", "wants_reply"]
 
 log = logging.getLogger("fcnetd.bus")
@@ -49,7 +49,7 @@ try:
     from dbus_fast.aio import MessageBus
     from dbus_fast.aio import message_bus as _aio
     from dbus_fast.constants import MessageFlag, NameFlag, PropertyAccess, RequestNameReply
-    from dbus_fast.service import ServiceInterface, dbus_property, method
+    from dbus_fast.service import ServiceInterface, dbus_property, method, signal
 except ImportError as e:
     raise _mismatch(f"a module or name it uses is gone ({e})") from e
 

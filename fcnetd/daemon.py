@@ -57,6 +57,7 @@ class Daemon:
         self.conn = None
         self.gate = None
         self.metrics = None
+        self.refresher = None
         self._tasks: set[asyncio.Task] = set()
         self._reload_lock = asyncio.Lock()
         self.exit_code = 0
@@ -92,6 +93,7 @@ class Daemon:
         self.gate.install(hold=True)  # until the objects are exported
         manager.install_fast_paths()  # after the gate: it checks callers first
         self.manager = manager
+        self.engine.on_drift = manager.drift_detected
         await self.netlink.open()
         # Subscribed before the kernel is read, so no change made meanwhile is lost.
         monitor = LinkMonitor().open()
@@ -125,12 +127,15 @@ class Daemon:
         log.info("fcnetd %s ready on %s: %s", __version__, self.args.bus, self.status_line())
 
     def _start_metrics(self) -> None:
-        if self.config.metrics == "off":
-            return
-        from .metrics import MetricsServer
-        host, port = configmod.parse_listen(self.config.metrics, "metrics")
-        self.metrics = MetricsServer(self, host, port)
-        self.metrics.start()
+        """The once-a-second snapshot always runs (it feeds the traffic
+        history); the HTTP side only where metrics are configured."""
+        from .metrics import MetricsServer, Refresher
+        if self.config.metrics != "off":
+            host, port = configmod.parse_listen(self.config.metrics, "metrics")
+            self.metrics = MetricsServer(host, port)
+            self.metrics.start()
+        self.refresher = Refresher(self, self.metrics.exposition if self.metrics else None)
+        self.refresher.start()
 
     def _spawn(self, coro) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -236,7 +241,7 @@ class Daemon:
         elif ev.event == "RTM_DELLINK":
             self.engine.tap_vanished(ev.ifname)
         else:
-            self.engine.tap_changed(ev.ifname, ev.up, ev.carrier)
+            self.engine.tap_changed(ev.ifname, ev.up, ev.carrier, ev.master)
 
     async def run(self) -> None:
         await self.start()
@@ -257,6 +262,8 @@ class Daemon:
     def close(self) -> None:
         for task in self._tasks:
             task.cancel()
+        if self.refresher is not None:
+            self.refresher.stop()
         if self.metrics is not None:
             self.metrics.stop()
         if self.conn is not None:

@@ -28,11 +28,20 @@ from .model import (MODES, Attachment, Network, TAP_PREFIX, auto_name, check_des
 from .locks import Coalesced, Gate, KeyedLocks
 from .netlink import BridgeState, Device, Netlink, TapState
 from .registry import Move, Registry, Snapshot
+from .traffic import History
 
 log = logging.getLogger("fcnetd.engine")
 TAP_NAME_TRIES = 8
 ENSURE_TRIES = 3  # a network created and deleted under an AttachVm this often: the caller is told
 BRIDGE_PORTS = 1023  # the kernel's limit (BR_MAX_PORTS - 1)
+# A TAP event that disagrees with what fcnetd keeps (another master, set
+# down) is looked at again this much later, and only then reconciled: a
+# move or a start of fcnetd's own passes through such states for a moment.
+TAP_SETTLE_SECONDS = 0.25
+# Each repair of a TAP reconcile makes: its DriftDetected id and what was done.
+TAP_REPAIRS = {"master": ("tap.bridge", "was not on bridge {bridge} (moved to another bridge or none); put back"),
+               "up": ("tap.up", "was set down; set up again"),
+               "vlan": ("tap.vlan", "was not in VLAN {vlan} alone; put back in it")}
 
 
 @dataclass
@@ -85,6 +94,11 @@ class Addressing(NamedTuple):
                                           "delete and create it to change that")
 
 
+def _shown(state: BridgeState | None | bool) -> tuple | None:
+    """What of a bridge's state its networks' Status shows."""
+    return (state.up, state.vlan_filtering) if state else None
+
+
 class Engine:
     def __init__(self, config: Config, registry: Registry, netlink: Netlink, *, nat=None):
         self._version = 0
@@ -94,8 +108,8 @@ class Engine:
         # The kernel-and-process side of nat networks (fcnetd/nat.py's
         # NatPlane); None: no nat network can be made.
         self.nat = nat
-        if nat is not None:  # its repairs are audit entries too, looked up when made
-            nat.report = lambda action, **about: self.on_change(action, **about)
+        if nat is not None:  # its repairs are audit entries and drift signals too
+            nat.report = self._nat_report
         self.taps: dict[tuple[str, str], TapState] = {}
         self.tap_keys: dict[str, tuple[str, str]] = {}  # TAP name -> (vm_id, nic)
         self.tap_generation = 0  # moves with every change of `taps`, which engine.version does not follow
@@ -125,6 +139,9 @@ class Engine:
         self._resync_read = Coalesced(self.gate.shared, self._resync)
         self.stats = Stats()
         registry.observer = self.stats.observe_write
+        self.traffic = History()  # fed by the metrics snapshot (metrics.Refresher)
+        self._suspect_taps: set[tuple[str, str]] = set()
+        self._tap_check: asyncio.Task | None = None
         # Observers are told after a change is on disk (or in the kernel).
         self.on_network_added = lambda net: None
         self.on_network_removed = lambda net: None
@@ -132,6 +149,9 @@ class Engine:
         # Each change once it is made, for the audit trail (audit.Audit.record):
         # the action, what it touched, and by_daemon=True for the daemon's own.
         self.on_change = lambda action, **about: None
+        # Each repair of a change made behind fcnetd's back, once made: a
+        # stable id (what) and a sentence (detail), for DriftDetected.
+        self.on_drift = lambda what, detail: None
 
     @property
     def host(self) -> str:
@@ -152,9 +172,16 @@ class Engine:
         return self._bridges  # read-only use; set_bridge() changes it
 
     def set_bridge(self, name: str, state: BridgeState | None) -> None:
-        if self._bridges.get(name, False) != state:
-            self._version += 1
+        was = self._bridges.get(name, False)  # False: never read
         self._bridges[name] = state
+        if was == state:
+            return
+        self._version += 1
+        # Its networks' Status follows (present, up, VLAN filtering); not at
+        # the first read, at start, where nothing was shown yet.
+        if was is not False and _shown(was) != _shown(state):
+            for net in [n for n in self.registry.networks.values() if n.bridge == name]:
+                self.on_network_changed(net)
 
     @property
     def version(self) -> tuple[int, int]:
@@ -189,7 +216,9 @@ class Engine:
             return "vlan-filtering-off"
         return "active"
 
-    def list_networks(self, search: str = "", kind: str = "", bridge: str = "", mode: str = "") -> list[Network]:
+    def list_networks(self, search: str = "", kind: str = "", bridge: str = "", mode: str = "",
+                      unused: bool = False) -> list[Network]:
+        """Newest first; unused: only networks without a VM attached."""
         if kind not in ("", "bridge", "vlan"):
             raise E.InvalidArgs("type", f"{excerpt(kind)} must be 'bridge' or 'vlan'")
         if mode not in ("", *MODES):
@@ -204,6 +233,8 @@ class Engine:
             if bridge and net.bridge != bridge:
                 continue
             if mode and net.mode != mode:
+                continue
+            if unused and self.registry.by_network.get(net.id):
                 continue
             if not matches_search(needle, net.name, net.bridge, net.vlan, net.description):
                 continue
@@ -268,6 +299,9 @@ class Engine:
             self._lost_bridges.discard(bridge)
             log.info("bridge %s is back; putting fcnetd's ports and addresses on it again", bridge)
             return self.reconcile_drift
+        if not state.up and was is not None and was.up and self._carries(bridge):
+            log.warning("bridge %s, which carries networks, was set down behind fcnetd's back", bridge)
+            return self.reconcile_drift
         if state.vlan_filtering is not False or not self._carries_tagged(bridge):
             return None
         self.stats.reconcile["drift"] += 1
@@ -278,6 +312,18 @@ class Engine:
         """A reconcile (coalesced), as a coroutine a link event's handler
         can run as a task."""
         await self.reconcile()
+
+    def _drift(self, what: str, detail: str) -> None:
+        log.warning("drift repaired (%s): %s", what, detail)
+        self.on_drift(what, detail)
+
+    def _nat_report(self, action: str, **about) -> None:
+        self.on_change(action, **about)
+        if action == "drift-repaired":
+            net = about.get("network")
+            where = f"nat network {net.name}" if net is not None else "the nat networks"
+            self._drift(f"nat.{about['repaired']}", f"{where}: the {about['repaired']} was missing or "
+                                                    "not as fcnetd keeps it; put back")
 
     def _carries(self, bridge: str) -> bool:
         return any(n.bridge == bridge for n in self.registry.networks.values())
@@ -292,6 +338,8 @@ class Engine:
             log.error("cannot turn VLAN filtering on again on bridge %s: %s", bridge, e)
             return
         self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="vlan-filtering")
+        self._drift("bridge.vlan-filtering", f"VLAN filtering on bridge {bridge}, which carries tagged networks, "
+                                             "was turned off; turned on again")
 
     async def refresh_bridge(self, bridge: str) -> None:
         try:
@@ -321,10 +369,19 @@ class Engine:
                     # trunk, or its gateway and DHCP server would serve the LAN.
                     if net.bridge == cfg.name and net.vlan and net.host == self.host and net.mode != "nat":
                         wanted.setdefault(net.vlan, set())
+                kept = set(wanted) - {state.default_pvid}  # the networks' VLANs, stored
                 for bridge, vlan in self._uplink_claims:
                     if bridge == cfg.name:
                         wanted.setdefault(vlan, set())
-                await self.netlink.set_port_vlans(index, wanted, f"uplink {cfg.uplink}")
+                current = await self.netlink.port_vlans(index)
+                await self.netlink.set_port_vlans(index, wanted, f"uplink {cfg.uplink}", current)
+                if lost := sorted(kept - current.keys()):
+                    self.stats.reconcile["drift"] += 1
+                    self.on_change("drift-repaired", by_daemon=True, bridge=cfg.name, uplink=cfg.uplink,
+                                   repaired="uplink-vlans", vlans=",".join(map(str, lost)))
+                    self._drift("uplink.vlan", f"uplink {cfg.uplink} of bridge {cfg.name} was no longer a tagged "
+                                               f"member of VLAN{'s' if len(lost) > 1 else ''} "
+                                               f"{', '.join(map(str, lost))}; added again")
 
     async def _converge_uplinks(self, why: str) -> None:
         """Uplink sync after a change that is already stored: a failure is
@@ -483,6 +540,7 @@ class Engine:
                 await self.nat.network_removed(net, list(self.registry.networks.values()))
             elif net.subnet and self.nat is not None:
                 await self.nat.fence_changed(list(self.registry.networks.values()))
+        self.traffic.forget_network(net.id)
         log.info("network %s deleted; bridge %s left in place", net.name, net.bridge)
         self.on_change("network-deleted", network=net)
         self.on_network_removed(net)
@@ -853,6 +911,8 @@ class Engine:
                         state = await self._prepare_bridge(bridge, int(self._carries_tagged(bridge)))
                         result["drift"] += 1
                         self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="bridge")
+                        self._drift("bridge.missing", f"bridge {bridge}, which carries networks, was missing; "
+                                                      "made again")
                     except E.FcnetError as e:
                         log.error("cannot make bridge %s again: %s", bridge, e)
                         result["error"] += 1
@@ -862,12 +922,24 @@ class Engine:
                     self._lost_bridges.add(bridge)
             if state is not None:
                 self._lost_bridges.discard(bridge)
+            if state is not None and not state.up and self._carries(bridge):
+                log.warning("bridge %s, which carries networks, is down; setting it up again", bridge)
+                try:
+                    state = await self._prepare_bridge(bridge, int(self._carries_tagged(bridge)))
+                    result["drift"] += 1
+                    self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="bridge-up")
+                    self._drift("bridge.down", f"bridge {bridge}, which carries networks, was set down; set up again")
+                except E.FcnetError as e:
+                    log.error("cannot set bridge %s up again: %s", bridge, e)
+                    result["error"] += 1
             if state is not None and state.vlan_filtering is False and self._carries_tagged(bridge):
                 log.warning("VLAN filtering on bridge %s is off though it carries tagged networks; "
                             "turning it on again", bridge)
                 await self._prepare_bridge(bridge, 1)
                 result["drift"] += 1
                 self.on_change("drift-repaired", by_daemon=True, bridge=bridge, repaired="vlan-filtering")
+                self._drift("bridge.vlan-filtering", f"VLAN filtering on bridge {bridge}, which carries tagged "
+                                                     "networks, was off; turned on again")
         kernel = await self.netlink.taps()
         filtering = any(s is not None and s.vlan_filtering for s in self.bridges.values())
         port_vlans = await self.netlink.all_port_vlans() if filtering and kernel else {}
@@ -904,6 +976,10 @@ class Engine:
                         result["drift"] += len(repaired)
                         self.on_change("drift-repaired", by_daemon=True, network=net, vm=key[0], nic=key[1],
                                        tap=tap.name, repaired=",".join(repaired))
+                    for step in repaired:
+                        what, done = TAP_REPAIRS[step]
+                        self._drift(what, f"TAP {tap.name} of VM {key[0]} NIC {key[1]} (network {net.name}) "
+                                          + done.format(bridge=net.bridge, vlan=net.vlan))
             adopted[key] = tap
             result["adopted"] += 1
         self.taps, self.tap_keys = {}, {}
@@ -961,13 +1037,40 @@ class Engine:
             self.tap_generation += 1
         return tap
 
-    def tap_changed(self, name: str, up: bool, carrier: bool) -> None:
-        """A link event for one of our TAPs: keep its up/carrier state current."""
+    def tap_changed(self, name: str, up: bool, carrier: bool, master: int | None = None) -> None:
+        """A link event for one of our TAPs: keep its state current (master:
+        None where the caller does not know it). A TAP set down or on
+        another master than its network's bridge is looked at again a
+        moment later (TAP_SETTLE_SECONDS) and, still so, reconciled."""
         key = self.tap_keys.get(name)
         tap = self.taps.get(key) if key else None
-        if tap is not None and (tap.up, tap.carrier) != (up, carrier):
-            self.taps[key] = replace(tap, up=up, carrier=carrier)
+        if tap is None:
+            return
+        now = replace(tap, up=up, carrier=carrier, master=tap.master if master is None else master)
+        if now != tap:
+            self.taps[key] = now
             self.tap_generation += 1
+        if master is not None and self._tap_drifted(key):
+            self._suspect_taps.add(key)
+            if self._tap_check is None:
+                self._tap_check = asyncio.get_running_loop().create_task(self._check_suspect_taps())
+
+    def _tap_drifted(self, key: tuple[str, str]) -> bool:
+        tap, att = self.taps.get(key), self.registry.attachments.get(key)
+        if tap is None or att is None or att.network_id not in self.registry.networks:
+            return False
+        bridge = self.bridges.get(self.registry.networks[att.network_id].bridge)
+        return bridge is not None and (tap.master != bridge.index or not tap.up)
+
+    async def _check_suspect_taps(self) -> None:
+        try:
+            await asyncio.sleep(TAP_SETTLE_SECONDS)
+        finally:
+            self._tap_check = None
+            suspects, self._suspect_taps = self._suspect_taps, set()
+        if any(self._tap_drifted(key) for key in suspects):
+            log.warning("a TAP was moved or set down behind fcnetd's back; reconciling")
+            await self.reconcile()
 
     def tap_vanished(self, name: str) -> None:
         """Someone else deleted one of our TAPs: forget it (the VM is stopped)."""

@@ -4,7 +4,8 @@ The daemon refreshes an immutable Snapshot about once a second: the event
 loop copies its state (cheap), a worker thread adds the TAP counters from
 /proc/net/dev. The HTTP thread renders a scrape from the latest snapshot and
 caches the text until the next one, so a scrape does no netlink and no file
-I/O and never waits for the event loop.
+I/O and never waits for the event loop. The same snapshot feeds the traffic
+history (traffic.py), with or without the HTTP side.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, Hist
 from prometheus_client.registry import Collector
 
 from . import __version__, ipam, nat as natmod, procstats
+from .traffic import TapCounters
 from .firewall import Firewall
 from .schema import LABELS
 from .service import LATENCY_BUCKETS
@@ -41,6 +43,8 @@ class TapRow:
     up: bool
     carrier: bool
     counters: procstats.Counters | None
+    network_id: str = ""
+    index: int = 0
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,9 @@ class Snapshot:
     nat: tuple = ()  # (network, addresses used, free, leases, {"out"/"in": (packets, bytes)}, dnsmasq restarts)
 
 
-def capture(daemon) -> dict:
-    """Runs in the event loop: copies what the snapshot needs, nothing more."""
+def capture(daemon, nat: bool = True) -> dict:
+    """Runs in the event loop: copies what the snapshot needs, nothing more
+    (nat: the nat networks' figures too, which only a scrape shows)."""
     engine = daemon.engine
     reg = engine.registry
     tap_count: dict[str, int] = {}
@@ -72,14 +77,15 @@ def capture(daemon) -> dict:
         net = reg.networks.get(att.network_id) if att else None
         if net is not None:
             tap_count[net.id] = tap_count.get(net.id, 0) + 1
-        taps.append((tap.name, key[0], key[1], net.name if net else "", tap.up, tap.carrier))
+        taps.append((tap.name, key[0], key[1], net.name if net else "", tap.up, tap.carrier,
+                     net.id if net else "", tap.index))
     networks = [(tuple(str(f.get(engine, net)) for f in LABELS), net.kind,
                  len(reg.by_network.get(net.id, ())), tap_count.get(net.id, 0))
                 for net in reg.networks.values()]
     bridges = [(name, st is not None, bool(st and st.up), bool(st and st.vlan_filtering))
                for name, st in ((n, engine.bridges.get(n)) for n in engine.config.bridges)]
     stats = daemon.manager.stats
-    sources = engine.nat.metric_sources() if engine.nat is not None else {}
+    sources = engine.nat.metric_sources() if nat and engine.nat is not None else {}
     nat = []
     for net_id in sources:
         net = reg.networks.get(net_id)
@@ -108,7 +114,7 @@ def build(state: dict, read_counters=procstats.read) -> Snapshot:
     global _nft_reader
     names = {t[0] for t in state["taps"]}
     counters = read_counters(names) if names else {}
-    taps = tuple(TapRow(t[0], t[1], t[2], t[3], t[4], t[5], counters.get(t[0])) for t in state["taps"])
+    taps = tuple(TapRow(*t[:6], counters.get(t[0]), *t[6:]) for t in state["taps"])
     nat = ()
     if state.get("nat"):
         if _nft_reader is None:
@@ -137,6 +143,13 @@ TAP_GAUGES = (
     ("up", "up", "1 if the TAP is administratively up."),
     ("carrier", "carrier", "1 if a VMM has the TAP open."),
 )
+
+
+def traffic_rows(taps: tuple[TapRow, ...]):
+    """The snapshot's TAPs as the traffic history takes them."""
+    return (TapCounters(r.vm, r.nic, r.network_id, r.index, r.counters.rx_bytes, r.counters.tx_bytes,
+                        r.counters.rx_packets, r.counters.tx_packets)
+            for r in taps if r.counters is not None)
 
 
 def _escape(value: str) -> str:
@@ -297,9 +310,40 @@ class Exposition:
             return self._text
 
 
-class MetricsServer:
-    def __init__(self, daemon, host: str, port: int):
+class Refresher:
+    """The snapshot, about once a second, for the traffic history and,
+    when metrics are served, for the scrape."""
+
+    def __init__(self, daemon, exposition: Exposition | None = None):
         self.daemon = daemon
+        self.exposition = exposition
+        self._task = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
+
+    async def refresh(self) -> None:
+        state = capture(self.daemon, nat=self.exposition is not None)
+        snapshot = await asyncio.to_thread(build, state)
+        self.daemon.engine.traffic.feed(snapshot.taken, traffic_rows(snapshot.taps))
+        if self.exposition is not None:
+            self.exposition.publish(snapshot)
+
+    async def _refresh_forever(self) -> None:
+        while True:
+            try:
+                await self.refresh()
+            except Exception:  # metrics must never take the daemon down
+                log.exception("metrics refresh failed")
+            await asyncio.sleep(REFRESH_SECONDS)
+
+    def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+
+
+class MetricsServer:
+    def __init__(self, host: str, port: int):
         self.exposition = Exposition()
         exposition = self.exposition
 
@@ -322,26 +366,10 @@ class MetricsServer:
         self.httpd.daemon_threads = True
         self.address = self.httpd.server_address
         self._thread = threading.Thread(target=self.httpd.serve_forever, name="fcnetd-metrics", daemon=True)
-        self._task = None
 
     def start(self) -> None:
         self._thread.start()
-        self._task = asyncio.get_running_loop().create_task(self._refresh_forever())
-
-    async def refresh(self) -> None:
-        state = capture(self.daemon)
-        self.exposition.publish(await asyncio.to_thread(build, state))
-
-    async def _refresh_forever(self) -> None:
-        while True:
-            try:
-                await self.refresh()
-            except Exception:  # metrics must never take the daemon down
-                log.exception("metrics refresh failed")
-            await asyncio.sleep(REFRESH_SECONDS)
 
     def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
         self.httpd.shutdown()
         self.httpd.server_close()

@@ -56,6 +56,11 @@ NETWORK_FIELDS: tuple[Field, ...] = (
     Field("Dhcp", "b", lambda e, n: n.dhcp),
     Field("VmCount", "u", vm_count),
     Field("Status", "s", lambda e, n: e.status(n)),
+    # Bytes per second over the newest traffic sample (traffic.py), 0 when
+    # none. They move with traffic, every ten seconds: not properties, so no
+    # PropertiesChanged for them; ListNetworks, GetNetwork and Describe show them.
+    Field("ReceiveRate", "d", lambda e, n: e.traffic.rate(n.id)[0], exported=False),
+    Field("TransmitRate", "d", lambda e, n: e.traffic.rate(n.id)[1], exported=False),
     Field("Vms", "aa{sv}", lambda e, n: vm_rows(e, n), listed=False),
     Field("Taps", "as", lambda e, n: [t.name for t in e.taps_of(n)], listed=False),
     Field("Path", "o", lambda e, n: network_path(n.id), exported=False),

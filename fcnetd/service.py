@@ -12,22 +12,24 @@ from collections import OrderedDict
 
 from . import __version__, caller
 from .bus import (DBusError, DictElement, Message, MessageType, PremarshalledReply, ServiceInterface, Variant,
-                  call, dict_array_body, funnelled_property, method, wants_reply)
+                  call, dict_array_body, funnelled_property, method, signal, wants_reply)
 from .diagnose import Diagnoser, check_timeout_ms
 from .engine import Engine
-from .errors import FcnetError, InvalidArgs
+from .errors import FcnetError, InvalidArgs, NoSuchVm
 from .lanes import Lanes, sliced
-from .model import Network, excerpt
+from .model import Network, check_id, check_nic, excerpt
 from .names import (ACCESS_DENIED, ERROR_PREFIX, LIMITS_EXCEEDED, MANAGER_IFACE, MANAGER_PATH, NETWORK_IFACE,
                     NETWORK_PATH_PREFIX, NO_REPLY, OBJECT_MANAGER_IFACE, PEER_IFACE, network_path)
 from .schema import BY_PROP, EXPORTED, LISTED, NETWORK_FIELDS, Field, plain, vm_count
+from .traffic import FIELDS as TRAFFIC_FIELDS, SAMPLE_SECONDS, SAMPLES
 
 log = logging.getLogger("fcnetd.service")
 SIGNAL_COALESCE_SECONDS = 0.05
 PING_SECONDS = 5.0  # a caller still reading its replies answers sooner
 LIST_CACHE_BYTES = 8 << 20  # ListNetworks replies kept, one per filter (all 4,094 networks: 1.9 MB)
 LIST_CACHE_ENTRIES = 64  # and at most this many of them: a distinct search costs ~1 KB of bookkeeping
-FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str), "mode": ("s", str)}
+FILTER_OPTIONS = {"search": ("s", str), "type": ("s", str), "bridge": ("s", str), "mode": ("s", str),
+                  "unused": ("b", bool)}
 ADDRESSING_OPTIONS = {"mode": ("s", str), "subnet": ("s", str), "dhcp": ("b", bool)}
 ACTOR_OPTION = {"actor": ("s", str)}  # who the change is made for, recorded in the audit trail
 CREATE_OPTIONS = {"description": ("s", str), **ADDRESSING_OPTIONS, **ACTOR_OPTION}
@@ -38,6 +40,8 @@ TAP_OPTIONS = {"owner_uid": ("u", int), "owner_gid": ("u", int), "tap_name": ("s
 TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
 PROBE_OPTIONS = {"timeout_ms": ("u", int)}
+TRAFFIC_OPTIONS = {"vm": ("s", str), "nic": ("s", str), "seconds": ("u", int)}
+TRAFFIC_SECONDS = int(SAMPLE_SECONDS * SAMPLES)  # the whole history: the default and the most
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -126,10 +130,10 @@ def variants(engine: Engine, net: Network, fields=NETWORK_FIELDS) -> dict:
 
 
 class Summary:
-    __slots__ = ("net", "count", "status", "entry", "_element")
+    __slots__ = ("net", "count", "status", "rates", "entry", "_element")
 
-    def __init__(self, net: Network, count: int, status: str, entry: dict):
-        self.net, self.count, self.status, self.entry = net, count, status, entry
+    def __init__(self, net: Network, count: int, status: str, rates: tuple, entry: dict):
+        self.net, self.count, self.status, self.rates, self.entry = net, count, status, rates, entry
         self._element = None
 
     @property
@@ -141,9 +145,9 @@ class Summary:
 
 class Summaries:
     """ListNetworks entries, cached with their marshalled form: a network is
-    never edited, so only its VM count and status can change, and most
+    never edited, so only its VM count, status and rates can change, and most
     entries are reused as they are (building 4,094 entries of Variants costs
-    ~80 ms, marshalling them another ~20 ms)."""
+    ~80 ms, marshalling them another ~20 ms); an idle network's rates stay 0."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -155,10 +159,12 @@ class Summaries:
     def summary(self, net: Network) -> Summary:
         count = vm_count(self.engine, net)
         status = self.engine.status(net)
+        rates = self.engine.traffic.rate(net.id)
         hit = self._cache.get(net.id)
-        if hit is not None and hit.net is net and hit.count == count and hit.status == status:
+        if (hit is not None and hit.net is net and hit.count == count and hit.status == status
+                and hit.rates == rates):
             return hit
-        hit = self._cache[net.id] = Summary(net, count, status, variants(self.engine, net, LISTED))
+        hit = self._cache[net.id] = Summary(net, count, status, rates, variants(self.engine, net, LISTED))
         return hit
 
     def forget(self, net: Network) -> None:
@@ -206,10 +212,10 @@ def managed_body(entries: list[bytes]) -> bytes:
 
 
 class Detail:
-    __slots__ = ("net", "status", "vms", "managed", "described")
+    __slots__ = ("net", "status", "rates", "vms", "managed", "described")
 
-    def __init__(self, net: Network, status: str, vms: tuple):
-        self.net, self.status, self.vms = net, status, vms
+    def __init__(self, net: Network, status: str, rates: tuple, vms: tuple):
+        self.net, self.status, self.rates, self.vms = net, status, rates, vms
         self.managed: bytes | None = None
         self.described: str | None = None
 
@@ -219,7 +225,7 @@ class Details:
     made when first asked for), kept while what they show is the same. The
     key is the content itself (the network, its status, its attachments and
     their TAPs), not a counter, so nothing that changes them can be missed,
-    a rolled-back change included."""
+    a rolled-back change included (and its traffic rates, which Describe shows)."""
 
     def __init__(self, engine: Engine):
         self.engine = engine
@@ -229,18 +235,20 @@ class Details:
         # Checked for every network on every rebuild: no allocation for the
         # common network without VMs.
         status = self.engine.status(net)
+        rates = self.engine.traffic.rate(net.id)
         atts = self.engine.registry.by_network.get(net.id)
         hit = self._cache.get(net.id)
+        same = hit is not None and hit.net is net and hit.status == status and hit.rates == rates
         if atts:
             taps = self.engine.taps
             vms = tuple((a, taps.get(a.key)) for a in atts.values())
-            if hit is not None and hit.net is net and hit.status == status and hit.vms == vms:
+            if same and hit.vms == vms:
                 return hit
         else:
             vms = ()
-            if hit is not None and hit.net is net and hit.status == status and not hit.vms:
+            if same and not hit.vms:
                 return hit
-        hit = self._cache[net.id] = Detail(net, status, vms)
+        hit = self._cache[net.id] = Detail(net, status, rates, vms)
         return hit
 
     def managed(self, net: Network) -> bytes:
@@ -399,6 +407,10 @@ class Manager(ServiceInterface):
         if self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(SIGNAL_COALESCE_SECONDS, self._flush)
 
+    def drift_detected(self, what: str, detail: str) -> None:
+        """The engine repaired a change made behind fcnetd's back."""
+        self.DriftDetected(what, detail)
+
     def _flush(self) -> None:
         self._flush_handle = None
         dirty, self._dirty = self._dirty, set()
@@ -415,9 +427,10 @@ class Manager(ServiceInterface):
 
     def _generation(self) -> tuple:
         """Moves whenever anything Describe or GetManagedObjects shows may
-        have: engine.version (networks, attachments, bridges, config) and
-        engine.tap_generation (every TAP change, reconcile's included)."""
-        return (self.engine.version, self.engine.tap_generation)
+        have: engine.version (networks, attachments, bridges, config),
+        engine.tap_generation (every TAP change, reconcile's included) and
+        the traffic sample (Describe's rates)."""
+        return (self.engine.version, self.engine.tap_generation, self.engine.traffic.seq)
 
     # -- bulk reads: one at a time per caller, sliced, cached ------------------
     def install_fast_paths(self) -> None:
@@ -536,22 +549,22 @@ class Manager(ServiceInterface):
 
     # -- ListNetworks, CountNetworks, GetNetwork --------------------------------
     @staticmethod
-    def _query(filter: dict) -> tuple[str, str, str, str, int, int]:
+    def _query(filter: dict) -> tuple[str, str, str, str, bool, int, int]:
         f = parse_options(filter, LIST_OPTIONS)
         return (f.get("search", ""), f.get("type", ""), f.get("bridge", ""), f.get("mode", ""),
-                f.get("offset", 0), f.get("limit", 0))
+                f.get("unused", False), f.get("offset", 0), f.get("limit", 0))
 
-    def _select(self, query: tuple[str, str, str, str, int, int]) -> list[Network]:
-        search, kind, bridge, mode, offset, limit = query
-        nets = self.engine.list_networks(search, kind, bridge, mode)
+    def _select(self, query: tuple[str, str, str, str, bool, int, int]) -> list[Network]:
+        search, kind, bridge, mode, unused, offset, limit = query
+        nets = self.engine.list_networks(search, kind, bridge, mode, unused)
         return nets[offset:offset + (limit or len(nets))]
 
-    def _list_body(self, query: tuple[str, str, str, str, int, int]) -> bytes:
+    def _list_body(self, query: tuple[str, str, str, str, bool, int, int]) -> bytes:
         """The marshalled reply, kept per query until anything listed changes:
         the web UI and scripts ask the same questions again and again. Every
         reply kept is of the current version, so a move clears them all, and
         distinct queries (each search, each offset) evict each other."""
-        version = self.engine.version
+        version = (self.engine.version, self.engine.traffic.seq)  # the rates move with each sample
         if version != self._bodies_version:
             self._bodies.clear()
             self._bodies_version, self._body_bytes = version, 0
@@ -570,7 +583,7 @@ class Manager(ServiceInterface):
     def _count(self, filter: dict) -> int:
         f = parse_options(filter, FILTER_OPTIONS)
         return len(self.engine.list_networks(f.get("search", ""), f.get("type", ""), f.get("bridge", ""),
-                                             f.get("mode", "")))
+                                             f.get("mode", ""), f.get("unused", False)))
 
     def _network(self, ref: str) -> dict:
         return variants(self.engine, self.engine.find_network(ref))
@@ -660,6 +673,36 @@ class Manager(ServiceInterface):
                  "Create": Variant("b", row["create"]), "Uplink": Variant("s", row["uplink"]),
                  "VlanFiltering": Variant("b", bool(row["vlan_filtering"]))}
                 for name, row in bridge_rows(self.engine).items()]
+
+    # -- traffic ---------------------------------------------------------------
+    @method()
+    @funnel
+    async def GetTraffic(self, network: "s", options: "a{sv}") -> "aa{sv}":
+        """The network's (or one VM NIC's) rates, oldest first, one entry a sample."""
+        opts = parse_options(options, TRAFFIC_OPTIONS)
+        seconds = opts.get("seconds", TRAFFIC_SECONDS)
+        if not 1 <= seconds <= TRAFFIC_SECONDS:
+            raise InvalidArgs("seconds", f"must be 1 to {TRAFFIC_SECONDS} (fcnetd keeps one hour of traffic)")
+        if "nic" in opts and "vm" not in opts:
+            raise InvalidArgs("nic", "goes with option vm (the VM whose NIC it is)")
+        net = self.engine.find_network(network)
+        history = self.engine.traffic
+        if "vm" in opts:
+            vm, nic = check_id(opts["vm"], "vm"), check_nic(opts.get("nic", "eth0"))
+            att = self.engine.registry.attachments.get((vm, nic))
+            if att is None or att.network_id != net.id:
+                raise NoSuchVm(f"VM {vm} has no NIC {nic} attached to network {net.name}")
+            series = history.nic_series(vm, nic, seconds)
+        else:
+            series = history.network_series(net.id, seconds)
+        return [{"Time": Variant("d", at), **{k: Variant("d", float(v)) for k, v in zip(TRAFFIC_FIELDS, rates)}}
+                for at, rates in series]
+
+    # -- signals ---------------------------------------------------------------
+    @signal()
+    def DriftDetected(self, what: "s", detail: "s") -> "ss":
+        """A change made behind fcnetd's back, and what was done (engine.TAP_REPAIRS...)."""
+        return [what, detail]
 
     # -- Diagnose --------------------------------------------------------------
     @method()
