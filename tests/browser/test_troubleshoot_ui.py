@@ -4,12 +4,17 @@ check and its hint; the DHCP probe), a running VM moved to another bridge
 live, and unused networks cleaned up in one action, each result reported.
 Runs in file order, as one admin's session would."""
 
+import re
+import signal
 import subprocess
 
 import pytest
 from playwright.sync_api import expect
 
+from tests.system.harness import wait_for
 from tests.webstack import PASSWORDS, Stack, seed_registry
+
+RELOADED = "config reloaded: bridges"  # fcnetd's last log line of a reload
 
 pytestmark = pytest.mark.browser
 
@@ -59,27 +64,53 @@ def check_row(page, check):
     return page.locator(f"#diag-checks tr[data-check='{check}']")
 
 
-def test_diagnose_shows_a_tap_set_down_with_its_hint_and_passes_once_mended(admin, stack, shot):
-    tap = busctl(stack, "CreateTap", "ssa{sv}", "vm-a", "eth0", "0").split('"')[1]
+def reload_config(stack, text):
+    """Writes fcnetd's config and reloads it (SIGHUP), once fcnetd says it reloaded."""
+    done = stack.daemon.output().count(RELOADED)
+    with open(stack.config, "w") as f:
+        f.write(text)
+    stack.daemon.proc.send_signal(signal.SIGHUP)
+    wait_for(lambda: stack.daemon.output().count(RELOADED) > done, what="fcnetd to reload its config")
+
+
+def test_diagnose_shows_a_bridge_taken_off_the_allow_list_with_its_hint(admin, stack, shot):
+    config = open(stack.config).read()
     admin.click("tr[data-name='lab-net'] a.name")
-    expect(admin.locator("#vms tbody tr td:nth-child(7)")).to_have_text(tap)
-    stack.ns.ip("link", "set", tap, "down")
-    admin.click("#vms tr[data-vm='vm-a'] button.vm-diagnose")
-    row = check_row(admin, "tap.up")
+    expect(admin.locator("#vms tbody tr")).to_have_count(1)
+    reload_config(stack, config.replace("[bridges.fcbr1]\ncreate = true\n", ""))
+    admin.click("#diagnose")
+    row = check_row(admin, "bridge.allowed")
     expect(row.locator(".result")).to_have_text("fail", timeout=10000)
-    expect(row).to_contain_text(f"ip link set dev {tap} up")
-    expect(admin.locator("#diag-title")).to_have_text("Diagnose: VM vm-a eth0")
+    expect(row.locator(".hint-cell")).to_contain_text("[bridges.fcbr1]")
+    expect(admin.locator("#diag-title")).to_have_text("Diagnose: lab-net")
     expect(admin.locator("#diag-summary")).to_contain_text("1 failed")
-    shot(admin, "40-diagnose-vm-tap-down")
-    # the network's own Diagnose names the VM that fails
+    shot(admin, "40-diagnose-bridge-not-allowed")
+    reload_config(stack, config)
     admin.click("#diagnose")
-    expect(check_row(admin, "vms").locator(".result")).to_have_text("fail", timeout=10000)
-    expect(check_row(admin, "vms")).to_contain_text("vm-a/eth0: tap.up")
-    shot(admin, "41-diagnose-network-vm-failing")
-    stack.ns.ip("link", "set", tap, "up")
-    admin.click("#diagnose")
-    expect(check_row(admin, "vms").locator(".result")).to_have_text("ok", timeout=10000)
+    expect(row.locator(".result")).to_have_text("ok", timeout=10000)
     expect(admin.locator("#diag-summary")).to_contain_text("0 failed")
+
+
+def test_a_tap_set_down_behind_fcnetds_back_is_repaired_and_shown_live(admin, stack, shot):
+    tap = busctl(stack, "CreateTap", "ssa{sv}", "vm-a", "eth0", "0").split('"')[1]
+    expect(admin.locator("#vms tbody tr td:nth-child(7)")).to_have_text(tap)
+    admin.click("#vms tr[data-vm='vm-a'] button.vm-diagnose")
+    expect(check_row(admin, "tap.up").locator(".result")).to_have_text("ok", timeout=10000)
+    expect(admin.locator("#diag-title")).to_have_text("Diagnose: VM vm-a eth0")
+    shot(admin, "41-diagnose-vm")
+    stack.ns.ip("link", "set", tap, "down")
+    banner = admin.locator("#d-drift")
+    expect(banner).to_be_visible(timeout=5000)
+    expect(banner).to_contain_text(f"TAP {tap} of VM vm-a NIC eth0 (network lab-net)")
+    wait_for(lambda: "UP" in stack.ns.link(tap)["flags"], what="fcnetd to set the TAP up again")
+    shot(admin, "42-drift-banner")
+    admin.click("text=← Networks")
+    expect(admin.locator("tr[data-name='lab-net'] .marker.drift")).to_have_text("drift repaired")
+    shot(admin, "43-drift-row-marker")
+    admin.click("tr[data-name='lab-net'] a.name")
+    expect(banner).to_be_visible()
+    admin.click("#d-drift-dismiss")
+    expect(banner).to_be_hidden()
 
 
 def test_diagnose_shows_a_deleted_tap(admin, stack, shot):
@@ -90,7 +121,7 @@ def test_diagnose_shows_a_deleted_tap(admin, stack, shot):
     expect(row.locator(".result")).to_have_text("warn", timeout=10000)
     expect(row).to_contain_text("not running")
     expect(row.locator(".hint-cell")).to_contain_text("CreateTap")
-    shot(admin, "42-diagnose-tap-deleted")
+    shot(admin, "44-diagnose-tap-deleted")
     busctl(stack, "CreateTap", "ssa{sv}", "vm-a", "eth0", "0")
     expect(admin.locator("#vms tr[data-vm='vm-a'] .state")).to_have_text("running", timeout=5000)
 
@@ -102,7 +133,21 @@ def test_the_dhcp_probe_reports_no_server_on_a_bare_bridge(admin, shot):
     expect(row.locator(".result")).to_have_text("warn", timeout=15000)
     expect(row).to_contain_text("No DHCP server answered.")
     expect(admin.locator("#diag-title")).to_have_text("Diagnose: lab-net with DHCP probe")
-    shot(admin, "43-diagnose-dhcp-probe")
+    shot(admin, "45-diagnose-dhcp-probe")
+
+
+def test_metrics_tab_draws_the_networks_rates_live(admin, stack, shot):
+    admin.click("#tab-metrics")
+    expect(admin.locator("#panel-metrics")).to_be_visible()
+    expect(admin.locator("#chart-bytes canvas")).to_have_count(1, timeout=5000)
+    expect(admin.locator("#chart-packets canvas")).to_have_count(1)
+    expect(admin.locator("#chart-bytes")).to_have_attribute("data-samples", re.compile(r"^\d+$"))
+    expect(admin.locator("#mx-note")).to_be_hidden()
+    expect(admin.locator("#chart-bytes .u-legend")).to_contain_text("Rx (from VMs)")
+    shot(admin, "47-metrics-network")
+    admin.select_option("#mx-target", label="VM vm-a (eth0)")
+    expect(admin.locator("#chart-bytes")).to_have_attribute("data-samples", re.compile(r"^\d+$"))
+    admin.click("#tab-overview")
 
 
 def test_a_viewer_may_diagnose_but_not_probe_or_move(browser, stack, shot):
@@ -118,7 +163,7 @@ def test_a_viewer_may_diagnose_but_not_probe_or_move(browser, stack, shot):
             {method: 'POST', headers: {'X-CSRF-Token': csrf, 'Content-Type': 'application/json'}, body: '{}'});
         return r.status; }""")
     assert status == 403, "the probe touches the kernel: admins only, enforced by the server"
-    shot(page, "44-viewer-diagnose")
+    shot(page, "46-viewer-diagnose")
     page.context.close()
 
 
@@ -129,7 +174,7 @@ def test_move_a_running_vm_to_another_bridge_live(admin, stack, shot):
     expect(admin.locator("#move-dialog")).to_be_visible()
     expect(admin.locator("#mv-bridge")).to_have_value("fcbr1")
     admin.select_option("#mv-bridge", "fcbr2")
-    shot(admin, "45-move-dialog")
+    shot(admin, "48-move-dialog")
     admin.click("#move-form button[type=submit]")
     expect(admin.locator("#toasts")).to_contain_text("vm-a (eth0) moved to fcbr2")
     expect(admin.locator("#vms tbody tr")).to_have_count(0, timeout=5000)
@@ -137,7 +182,7 @@ def test_move_a_running_vm_to_another_bridge_live(admin, stack, shot):
     link = stack.ns.link(tap)
     assert link["ifindex"] == index, "the same TAP, not made anew"
     assert link.get("master") == "fcbr2"
-    shot(admin, "46-moved-away")
+    shot(admin, "49-moved-away")
     admin.click("text=← Networks")
     expect(admin.locator("tr[data-name='fcbr2'] td.num").first).to_have_text("1", timeout=5000)
 
@@ -167,13 +212,13 @@ def test_unused_networks_cleaned_up_in_one_action_each_result_reported(admin, st
     expect(admin.locator("#delete-many")).to_have_text("Delete selected (3)")
     admin.click("#delete-many")
     expect(admin.locator("#many-list li")).to_have_count(3)
-    shot(admin, "47-delete-unused-confirm")
+    shot(admin, "50-delete-unused-confirm")
     busctl(stack, "AttachVm", "ssqa{sv}", "vm-late", "fcbr0", "0", "0")  # spare-a is used by now
     admin.click("#many-confirm")
     expect(admin.locator("#many-title")).to_have_text("Deleted 2 of 3", timeout=5000)
     expect(admin.locator("#many-list li.ok")).to_have_count(2)
     expect(admin.locator("#many-list li.fail[data-name='spare-a']")).to_contain_text("Remove VMs first")
-    shot(admin, "48-delete-unused-results")
+    shot(admin, "51-delete-unused-results")
     admin.click("#many-close")
     expect(admin.locator("#networks tbody tr")).to_have_count(1)  # lab-net alone is still unused
     listed = busctl(stack, "ListNetworks", "a{sv}", "0")
