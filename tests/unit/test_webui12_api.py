@@ -227,7 +227,8 @@ def test_deleting_several_networks_reports_each_result():
 
         def delete(net_id):
             if net_id == "a":
-                raise DBusError("org.fcnetd.Network1.Error.NetworkInUse", "Network has 2 attached VMs. Remove VMs first.")
+                raise DBusError("org.fcnetd.Network1.Error.NetworkInUse",
+                                "Network has 2 attached VMs. Remove VMs first.")
             return ()
         host.answers["DeleteNetwork"] = delete
         status, body = await answer(await client.post("/api/networks/delete", headers=headers, json={"networks": [
