@@ -82,7 +82,7 @@ def networks(session) -> str:
     <th scope="col">Bridge</th><th scope="col">VLAN ID</th><th scope="col">Mode</th>
     <th scope="col" aria-sort="none"><button type="button" id="sort-vms" class="sort">Attached VMs <span aria-hidden="true">↕</span></button></th>
     <th scope="col">Created</th><th scope="col" title="Rx: what the VMs sent; Tx: what they received">Traffic</th>
-    <th scope="col"><span class="sr">Actions</span></th>
+    <th scope="col">Status</th><th scope="col"><span class="sr">Actions</span></th>
   </tr></thead>
   <tbody></tbody>
 </table>

@@ -127,10 +127,10 @@
         actions.append(el("button", { type: "button", class: "danger-outline", "data-id": n.id,
           "aria-label": `Delete ${n.name}`, onclick: () => askDelete(n) }, "Delete"));
       }
-      // A network that is not active, or had drift repaired lately, says so next to its name.
       const name = el("td", { class: "name-cell" }, el("a", { href, class: "name" }, n.name));
-      if (n.status && n.status !== "active") name.append(el("span", { class: "marker status" }, n.status));
-      if (n.drift) name.append(el("span", { class: "marker drift", title: driftText(n.drift) }, "drift repaired"));
+      // Its status, and a marker when fcnetd repaired drift on it lately.
+      const status = el("td", { class: "status-cell" }, el("span", { class: `status ${n.status}` }, n.status));
+      if (n.drift) status.append(el("span", { class: "marker drift", title: driftText(n.drift) }, "drift repaired"));
       const cells = [];
       if (selecting()) {
         const key = `${n.host}/${n.id}`;
@@ -146,6 +146,7 @@
         el("td", { class: "num" }, String(n.vm_count)),
         el("td", {}, when(n.created)),
         el("td", { class: "rates num" }, rates(n)),
+        status,
         actions);
     }
 
