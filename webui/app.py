@@ -18,7 +18,7 @@ from fcnetd.model import auto_name, excerpt, matches_search
 from fcnetd.schema import from_dbus
 
 from . import config as configmod, pages
-from .hosts import DBusError, Host, Unavailable, explain
+from .hosts import RATES, DBusError, Host, Unavailable, explain
 from .sessions import Sessions
 from .throttle import SignInThrottle
 from .users import ROLES, UserError, UserStore
@@ -32,7 +32,13 @@ CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' 
        "form-action 'self'; frame-ancestors 'none'; base-uri 'none'")
 HTTP_STATUS = {"InvalidArgs": 400, "NetworkExists": 409, "NetworkInUse": 409, "NoSuchNetwork": 404,
                "BridgeNotAllowed": 400, "BridgeNotFound": 400, "VlanUnsupported": 400, "AccessDenied": 403,
-               "SubnetConflict": 409, "AddressUnavailable": 409}
+               "SubnetConflict": 409, "AddressUnavailable": 409, "NoSuchVm": 404, "NicAttached": 409,
+               "BridgeFull": 409, "UnknownMethod": 501}
+HISTORY_SECONDS = 3600  # fcnetd keeps one hour of traffic
+PROBE_MS_MAX = 8000  # a DHCP probe must end well inside the 10 s a host call may take (hosts.CALL_SECONDS)
+DELETE_MANY_MAX = 500
+SAMPLE_KEYS = (("Time", "time"), ("ReceiveBytes", "receive_bytes"), ("TransmitBytes", "transmit_bytes"),
+               ("ReceivePackets", "receive_packets"), ("TransmitPackets", "transmit_packets"))
 START_WAIT_SECONDS = 3.0  # how long the start waits for the hosts' first answers (never for a host)
 
 
@@ -62,8 +68,78 @@ def text_field(body: dict, key: str) -> str:
     return value
 
 
+async def json_body(request) -> dict:
+    """The request's JSON object, or BadField."""
+    try:
+        body = await request.json()
+    except ValueError:  # not JSON, or a number past Python's digit limit
+        raise BadField("", "the request body must be JSON") from None
+    if not isinstance(body, dict):
+        raise BadField("", f"the request body must be a JSON object, not {json_kind(body)}")
+    return body
+
+
+def vlan_field(body: dict) -> int:
+    """A VLAN ID as given in a form: empty is untagged. fcnetd judges the
+    range; this only keeps what D-Bus type q can carry."""
+    vlan = body.get("vlan")
+    if vlan in (None, ""):
+        return 0
+    if isinstance(vlan, str) and vlan.strip().isdigit() and len(vlan.strip()) <= 5:
+        vlan = int(vlan)
+    if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 0xFFFF:
+        shown = excerpt(vlan) if isinstance(vlan, (str, int)) else json_kind(vlan)
+        raise BadField("vlan", f"vlan: {shown} is out of range: empty (untagged) or 1-4094")
+    return vlan
+
+
+def flag_field(query, key: str) -> bool:
+    value = query.get(key, "")
+    if value not in ("", "0", "1", "true", "false"):
+        raise BadField(key, f"{key}: {excerpt(value)} must be 1, true, 0 or false")
+    return value in ("1", "true")
+
+
+def number_field(given, key: str, low: int, high: int, default: int) -> int:
+    """A whole number in [low, high] from a query string or a JSON body."""
+    value = given.get(key)
+    if value in (None, ""):
+        return default
+    if isinstance(value, str) and value.isdigit() and len(value) <= 10:
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        shown = excerpt(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else json_kind(value)
+        raise BadField(key, f"{key}: {shown} must be a whole number from {low} to {high}")
+    return value
+
+
+def bad_field(e: BadField):
+    return web.json_response({"error": str(e), "field": e.field}, status=400)
+
+
+def checks_json(rows: list[dict]) -> list[dict]:
+    """Diagnose's checks as the page shows them; the DHCP probe's servers with them."""
+    out = []
+    for r in rows:
+        check = {"check": r.get("Check", ""), "result": r.get("Result", ""), "detail": r.get("Detail", ""),
+                 "hint": r.get("Hint", "")}
+        if "Servers" in r:
+            check["servers"] = [{k.lower(): v for k, v in server.items()} for server in r["Servers"]]
+        out.append(check)
+    return out
+
+
 def error_name(e: DBusError) -> str:
     return (e.type or "").rsplit(".", 1)[-1]
+
+
+def error_answer(e: DBusError | Unavailable) -> tuple[int, dict]:
+    """A failed call as an HTTP status and body: the error, its code, the field it names."""
+    if isinstance(e, Unavailable):  # answered at once: the host is down, or did not answer in time
+        return HTTP_STATUS.get(e.code, 503), {"error": str(e), "code": e.code or "HostUnavailable", "field": ""}
+    name = error_name(e)
+    field = e.text.split(":", 1)[0] if name == "InvalidArgs" and ":" in e.text else ""
+    return HTTP_STATUS.get(name, 502), {"error": explain(e), "code": name, "field": field}
 
 
 class App:
@@ -198,6 +274,10 @@ class App:
         if only and only not in (h.name for h in self.hosts):
             return web.json_response({"error": f"host: no host {excerpt(only)}", "field": "host"}, status=400)
         shown = [h for h in self.hosts if not only or h.name == only]
+        try:
+            unused = flag_field(q, "unused")
+        except BadField as e:
+            return bad_field(e)
         sort = q.get("sort", "created")
         order = q.get("order", "desc")
         try:
@@ -210,6 +290,8 @@ class App:
             for n in h.networks.values():
                 if kind and n["type"] != kind:
                     continue
+                if unused and n["vm_count"]:  # fcnetd's ListNetworks option unused: no VM attached
+                    continue
                 if not matches_search(search, n["name"], n["bridge"], n["vlan"], n["description"]):
                     continue
                 items.append(n)
@@ -217,9 +299,11 @@ class App:
         items.sort(key=key, reverse=(order != "asc"))
         total = len(items)
         start = (page - 1) * size
+        by_name = {h.name: h for h in shown}
         return web.json_response({
             "total": total, "all": sum(len(h.networks) for h in shown), "page": page, "size": size,
-            "pages": max(1, -(-total // size)), "items": items[start:start + size],
+            "pages": max(1, -(-total // size)),
+            "items": [self._with_drift(by_name[n["host"]], n) for n in items[start:start + size]],
             "answered": sum(h.available for h in shown), "asked": len(shown),
             "hosts": [h.status() for h in self.hosts]})
 
@@ -229,7 +313,14 @@ class App:
             (net,) = await h.m("GetNetwork", "s", request.match_info["id"])
         except (DBusError, Unavailable) as e:
             return self._dbus_error(e)
-        return web.json_response({**from_dbus(net), "host": h.name})
+        entry = {**from_dbus(net), "host": h.name}
+        entry.update({key: net[prop] for prop, key in RATES if prop in net})
+        return web.json_response(self._with_drift(h, entry))
+
+    @staticmethod
+    def _with_drift(h: Host, entry: dict) -> dict:
+        drift = h.drift_of(entry["id"])
+        return {**entry, "drift": drift} if drift else entry
 
     async def api_bridges(self, request):
         h = self.host(request.query.get("host", self.hosts[0].name))
@@ -241,28 +332,13 @@ class App:
 
     async def api_create(self, request):
         try:
-            body = await request.json()
-        except ValueError:  # not JSON, or a number past Python's digit limit
-            return web.json_response({"error": "the request body must be JSON"}, status=400)
-        if not isinstance(body, dict):
-            return web.json_response({"error": f"the request body must be a JSON object, not {json_kind(body)}"},
-                                     status=400)
-        try:
+            body = await json_body(request)
             host, name, bridge, description, mode, subnet = (
                 text_field(body, key) for key in ("host", "name", "bridge", "description", "mode", "subnet"))
+            vlan = vlan_field(body)
         except BadField as e:
-            return web.json_response({"error": str(e), "field": e.field}, status=400)
+            return bad_field(e)
         h = self.host(host or self.hosts[0].name)
-        vlan = body.get("vlan")
-        if vlan in (None, ""):
-            vlan = 0
-        if isinstance(vlan, str) and vlan.strip().isdigit() and len(vlan.strip()) <= 5:
-            vlan = int(vlan)
-        # fcnetd judges the range; this only keeps what D-Bus type q can carry
-        if isinstance(vlan, bool) or not isinstance(vlan, int) or not 0 <= vlan <= 0xFFFF:
-            shown = excerpt(vlan) if isinstance(vlan, (str, int)) else json_kind(vlan)
-            return web.json_response({"error": f"vlan: {shown} is out of range: empty (untagged) or 1-4094",
-                                      "field": "vlan"}, status=400)
         # fcnetd records who made the change (its audit trail) from the signed-in user
         opts = {"actor": Variant("s", request["session"].user)}
         if description:
@@ -287,14 +363,129 @@ class App:
         log.info("%s deleted network %s on %s", request["session"].user, request.match_info["id"], h.name)
         return web.json_response({"deleted": request.match_info["id"]})
 
+    async def api_delete_many(self, request):
+        """Several networks deleted in one action (the unused ones a user
+        picked); each is answered for on its own, in the order given."""
+        try:
+            targets = self._delete_targets(await json_body(request))
+        except BadField as e:
+            return bad_field(e)
+        results = []
+        for h, net_id in targets:
+            entry = h.networks.get(net_id, {})
+            result = {"host": h.name, "id": net_id, "name": entry.get("name", net_id)}
+            try:
+                await h.m("DeleteNetwork", "s", net_id)
+            except (DBusError, Unavailable) as e:
+                results.append({**result, "ok": False, **error_answer(e)[1]})
+                continue
+            log.info("%s deleted network %s on %s", request["session"].user, net_id, h.name)
+            results.append({**result, "ok": True})
+        return web.json_response({"deleted": sum(r["ok"] for r in results), "results": results})
+
+    def _delete_targets(self, body: dict) -> list[tuple[Host, str]]:
+        nets = body.get("networks")
+        if not isinstance(nets, list) or not nets:
+            shown = "an empty array" if nets == [] else json_kind(nets)
+            raise BadField("networks", f"networks: must be a list of {{host, id}} objects, not {shown}")
+        if len(nets) > DELETE_MANY_MAX:
+            raise BadField("networks", f"networks: at most {DELETE_MANY_MAX} at once, not {len(nets)}")
+        targets = []
+        for i, item in enumerate(nets):
+            where = f"networks[{i}]"
+            if not isinstance(item, dict):
+                raise BadField(where, f"{where}: must be an object with host and id, not {json_kind(item)}")
+            try:
+                host, net_id = text_field(item, "host"), text_field(item, "id")
+            except BadField as e:
+                raise BadField(f"{where}.{e.field}", f"{where}.{e}") from None
+            if not net_id:
+                raise BadField(f"{where}.id", f"{where}.id: must name a network")
+            h = next((h for h in self.hosts if h.name == (host or self.hosts[0].name)), None)
+            if h is None:
+                raise BadField(f"{where}.host", f"{where}.host: no host {excerpt(host)}")
+            targets.append((h, net_id))
+        return targets
+
+    # -- troubleshooting ------------------------------------------------------
+    async def api_diagnose(self, request):
+        """Diagnose: read-only in effect, so viewers may run it too."""
+        h = self.host(request.match_info["host"])
+        try:
+            (rows,) = await h.m("Diagnose", "s", request.match_info["id"])
+        except (DBusError, Unavailable) as e:
+            return self._dbus_error(e)
+        return web.json_response({"checks": checks_json(rows)})
+
+    async def api_probe(self, request):
+        """Diagnose with the DHCP probe: it plugs a port into the bridge, so
+        admins only (the guard refuses viewers any POST)."""
+        h = self.host(request.match_info["host"])
+        try:
+            timeout = number_field(await json_body(request), "timeout_ms", 100, PROBE_MS_MAX, 2000)
+        except BadField as e:
+            return bad_field(e)
+        try:
+            (rows,) = await h.m("ProbeDhcp", "sa{sv}", request.match_info["id"],
+                                {"timeout_ms": Variant("u", timeout)})
+        except (DBusError, Unavailable) as e:
+            return self._dbus_error(e)
+        log.info("%s probed DHCP on network %s on %s", request["session"].user, request.match_info["id"], h.name)
+        return web.json_response({"checks": checks_json(rows)})
+
+    async def api_diagnose_vm(self, request):
+        h = self.host(request.match_info["host"])
+        try:
+            (rows,) = await h.m("DiagnoseVm", "ss", request.match_info["vm"], request.query.get("nic", ""))
+        except (DBusError, Unavailable) as e:
+            return self._dbus_error(e)
+        return web.json_response({"checks": checks_json(rows)})
+
+    async def api_move(self, request):
+        h = self.host(request.match_info["host"])
+        vm = request.match_info["vm"]
+        try:
+            body = await json_body(request)
+            nic, bridge = text_field(body, "nic") or "eth0", text_field(body, "bridge")
+            vlan = vlan_field(body)
+        except BadField as e:
+            return bad_field(e)
+        opts = {"actor": Variant("s", request["session"].user)}
+        try:
+            (path,) = await h.m("MoveVm", "sssqa{sv}", vm, nic, bridge, vlan, opts)
+        except (DBusError, Unavailable) as e:
+            return self._dbus_error(e)
+        name = h.networks.get(h.by_path.get(path, ""), {}).get("name") or auto_name(bridge, vlan)
+        log.info("%s moved %s %s to %s on %s", request["session"].user, vm, nic, name, h.name)
+        return web.json_response({"path": path, "name": name})
+
+    async def api_traffic(self, request):
+        """A network's (or one VM NIC's) rates, oldest first, as columns for the charts."""
+        h = self.host(request.match_info["host"])
+        q = request.query
+        try:
+            seconds = number_field(q, "seconds", 10, HISTORY_SECONDS, HISTORY_SECONDS)
+        except BadField as e:
+            return bad_field(e)
+        opts = {"seconds": Variant("u", seconds)}
+        if q.get("vm"):
+            opts["vm"] = Variant("s", q["vm"])
+            opts["nic"] = Variant("s", q.get("nic") or "eth0")
+        try:
+            (samples,) = await h.m("GetTraffic", "sa{sv}", request.match_info["id"], opts)
+        except DBusError as e:
+            if error_name(e) == "UnknownMethod":
+                return web.json_response({"error": f"fcnetd on host {h.name} keeps no traffic history (it is "
+                                                   "older than this web UI)", "code": "UnknownMethod",
+                                          "field": ""}, status=501)
+            return self._dbus_error(e)
+        except Unavailable as e:
+            return self._dbus_error(e)
+        return web.json_response({key: [s.get(prop, 0) for s in samples] for prop, key in SAMPLE_KEYS})
+
     def _dbus_error(self, e: DBusError | Unavailable):
-        if isinstance(e, Unavailable):  # answered at once: the host is down, or did not answer in time
-            return web.json_response({"error": str(e), "code": e.code or "HostUnavailable", "field": ""},
-                                     status=HTTP_STATUS.get(e.code, 503))
-        name = error_name(e)
-        field = e.text.split(":", 1)[0] if name == "InvalidArgs" and ":" in e.text else ""
-        status = HTTP_STATUS.get(name, 502)
-        return web.json_response({"error": explain(e), "code": name, "field": field}, status=status)
+        status, body = error_answer(e)
+        return web.json_response(body, status=status)
 
     async def api_events(self, request):
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
@@ -326,6 +517,12 @@ class App:
             web.get("/api/networks", self.api_networks), web.post("/api/networks", self.api_create),
             web.get("/api/networks/{host}/{id}", self.api_network),
             web.delete("/api/networks/{host}/{id}", self.api_delete),
+            web.post("/api/networks/delete", self.api_delete_many),
+            web.get("/api/networks/{host}/{id}/diagnose", self.api_diagnose),
+            web.post("/api/networks/{host}/{id}/probe", self.api_probe),
+            web.get("/api/networks/{host}/{id}/traffic", self.api_traffic),
+            web.get("/api/vms/{host}/{vm}/diagnose", self.api_diagnose_vm),
+            web.post("/api/vms/{host}/{vm}/move", self.api_move),
             web.get("/api/bridges", self.api_bridges), web.get("/api/events", self.api_events),
             web.static("/static", STATIC),
         ])

@@ -5,7 +5,9 @@ filtered, sorted and sliced in memory instead of fetched whole per request.
 Each host lives on its own task and never holds up another, nor the web
 UI's start: it connects (a local bus, or a remote host's system bus over
 ssh: fcnetd/sshbus.py), fills the mirror with a full list, then follows
-signals. When the connection drops, fcnetd leaves the bus or a list fails,
+signals. A network's current traffic rates are not signalled (they change
+every few seconds): while a host is followed its list is read again every
+RATES_SECONDS for them alone. When the connection drops, fcnetd leaves the bus or a list fails,
 the host is marked unavailable with the reason and when it was last seen,
 its mirror is emptied (a list that can no longer be vouched for is not
 shown), calls to it fail at once, and the task tries again after a capped,
@@ -18,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 import time
 
 from fcnetd import sshbus
@@ -27,6 +30,9 @@ from fcnetd.schema import LISTED, from_dbus
 
 log = logging.getLogger("fcnetd-webui.hosts")
 RESYNC_SECONDS = 300  # a safety net; signals keep the mirror current
+RATES_SECONDS = 10.0  # fcnetd's traffic history has one sample per 10 s
+DRIFT_SHOWN_SECONDS = 3600  # how long a network shows the drift repaired on it
+RATES = (("ReceiveRate", "receive_rate"), ("TransmitRate", "transmit_rate"))
 CALL_SECONDS = 10.0  # a host slower than this is answered for: "did not answer"
 CONNECT_SECONDS = sshbus.CONNECT_SECONDS
 BACKOFF_FIRST, BACKOFF_CAP = 0.5, 8.0  # seconds between tries of a host that is down
@@ -36,8 +42,28 @@ RULES = [f"type='signal',sender='{BUS_NAME}',path_namespace='{MANAGER_PATH}'",
 
 
 def _entry(props: dict, host: str) -> dict:
-    """A ListNetworks entry or a network's properties, as the mirror keeps it."""
-    return {**from_dbus(props, LISTED), "host": host, "path": props.get("Path", "")}
+    """A ListNetworks entry or a network's properties, as the mirror keeps it
+    (rates only from an fcnetd that keeps traffic history)."""
+    entry = {**from_dbus(props, LISTED), "host": host, "path": props.get("Path", "")}
+    entry.update({key: props[prop] for prop, key in RATES if prop in props})
+    return entry
+
+
+def _names(text: str, name: str) -> bool:
+    """Whether `text` names `name` as a whole interface or network name."""
+    return bool(name) and re.search(rf"(?<![\w.-]){re.escape(name)}(?![\w.-])", text) is not None
+
+
+def drift_targets(networks: dict[str, dict], what: str, detail: str) -> list[str]:
+    """The ids of the networks a DriftDetected is about. The signal names
+    devices and networks in its words, not by id: the networks it names (by
+    name or id) when it names any (a TAP put back names its VM's network),
+    else every network on a bridge it names (a bridge set up again)."""
+    text = f"{what} {detail}"
+    named = [i for i, n in networks.items() if _names(text, n["name"]) or _names(text, i)]
+    if named:
+        return named
+    return [i for i, n in networks.items() if _names(text, n["bridge"])]
 
 
 def _now() -> str:
@@ -102,6 +128,8 @@ class Host:
         self._wake = asyncio.Event()
         self._held: list | None = None  # signals that came while a full list was on its way
         self.tried = asyncio.Event()  # set once the first try has ended, either way
+        self.drifts: dict[str, tuple[float, dict]] = {}  # network id -> (when, the last drift repaired on it)
+        self.has_rates = False  # whether this host's fcnetd reports traffic rates
 
     @property
     def via(self) -> str:
@@ -146,6 +174,7 @@ class Host:
         self.conn = link.conn
         self.conn.add_message_handler(self._on_message)
         lost = asyncio.get_running_loop().create_task(link.lost())
+        rates = asyncio.get_running_loop().create_task(self._follow_rates())
         try:
             for rule in RULES:
                 await self._timed(call(self.conn, "org.freedesktop.DBus", "/org/freedesktop/DBus",
@@ -168,6 +197,25 @@ class Host:
             self._down(await lost if await _briefly(lost) else (str(e) or type(e).__name__))
         finally:
             lost.cancel()
+            rates.cancel()
+
+    async def _follow_rates(self) -> None:
+        """The networks' current rates, every RATES_SECONDS, while an fcnetd
+        that has them answers (the rest of each entry is the signals' to keep)."""
+        while True:
+            await asyncio.sleep(RATES_SECONDS)
+            if not (self.available and self.has_rates):
+                continue
+            try:
+                (items,) = unwrap(await self._timed(call(self.conn, BUS_NAME, MANAGER_PATH, MANAGER_IFACE,
+                                                         "ListNetworks", "a{sv}", [{}])))
+            except (DBusError, Unavailable):
+                continue  # a host that is down is noticed by the main loop; old rates are kept meanwhile
+            for props in items:
+                entry = self.networks.get(props.get("Id"))
+                if entry is not None:
+                    entry.update({key: props[prop] for prop, key in RATES if prop in props})
+            self._on_change({"host": self.name, "kind": "rates"})
 
     async def _timed(self, aw):
         try:
@@ -187,6 +235,8 @@ class Host:
             (items,) = unwrap(await call(self.conn, BUS_NAME, MANAGER_PATH, MANAGER_IFACE, "ListNetworks",
                                          "a{sv}", [{}]))
             self.networks = {p["Id"]: _entry(p, self.name) for p in items}
+            self.has_rates = any("ReceiveRate" in p for p in items)
+            self.drifts = {i: d for i, d in self.drifts.items() if i in self.networks}
             self.by_path = {e["path"]: e["id"] for e in self.networks.values()}
             held, self._held = self._held, None
             self._up()
@@ -261,10 +311,22 @@ class Host:
             entry = self.networks.get(self.by_path[msg.path])
             if entry is not None and iface == NETWORK_IFACE:
                 changed = unwrap(changed)
-                for prop, key in (("VmCount", "vm_count"), ("Status", "status")):
+                for prop, key in (("VmCount", "vm_count"), ("Status", "status"), *RATES):
                     if prop in changed:
                         entry[key] = changed[prop]
                 self._on_change({"host": self.name, "kind": "changed", "id": entry["id"]})
+        elif msg.member == "DriftDetected" and msg.interface == MANAGER_IFACE:
+            what, detail = msg.body
+            drift = {"what": what, "detail": detail, "time": _now()}
+            ids = drift_targets(self.networks, what, detail)
+            for net_id in ids:
+                self.drifts[net_id] = (time.monotonic(), drift)
+            self._on_change({"host": self.name, "kind": "drift", "ids": ids, **drift})
+
+    def drift_of(self, net_id: str) -> dict | None:
+        """The last drift repaired on a network, while it is recent enough to show."""
+        at, drift = self.drifts.get(net_id, (0.0, None))
+        return drift if drift is not None and time.monotonic() - at < DRIFT_SHOWN_SECONDS else None
 
     # -- calls ----------------------------------------------------------------
     async def m(self, member: str, signature: str = "", *body):

@@ -39,6 +39,17 @@
 
   const when = (iso) => iso ? iso.slice(0, 16).replace("T", " ") + " UTC" : "";
 
+  // Bytes per second the way people read them (1 kB = 1000 B, as link speeds are given).
+  function perSecond(v, unit = "B") {
+    const abs = Math.abs(v || 0);
+    const [div, prefix] = abs >= 1e9 ? [1e9, "G"] : abs >= 1e6 ? [1e6, "M"] : abs >= 1e3 ? [1e3, "k"] : [1, ""];
+    const n = (v || 0) / div;
+    return `${n >= 100 || div === 1 ? Math.round(n) : n.toFixed(1)} ${prefix}${unit}/s`;
+  }
+  const rates = (n) => n.receive_rate === undefined ? "—"
+    : `Rx ${perSecond(n.receive_rate)} · Tx ${perSecond(n.transmit_rate)}`;
+  const driftText = (d) => `Drift repaired ${when(d.time)}: ${d.what} — ${d.detail}`;
+
   function live(onEvent) {
     let timer = null;
     const source = new EventSource("/api/events");
@@ -58,13 +69,14 @@
 
   // ---- Networks page ------------------------------------------------------
   function networksPage() {
-    const state = { search: "", type: "", host: "", sort: "created", order: "desc", page: 1 };
+    const state = { search: "", type: "", host: "", sort: "created", order: "desc", page: 1, unused: false };
+    const selected = new Map();  // host/id -> network, kept across the live reloads
     let last = null;
     let multiHost = false;
 
     async function load() {
       const q = new URLSearchParams({ search: state.search, type: state.type, host: state.host, sort: state.sort,
-                                      order: state.order, page: state.page });
+                                      order: state.order, page: state.page, unused: state.unused ? "1" : "" });
       const data = await api("GET", `/api/networks?${q}`);
       last = data;
       multiHost = data.hosts.length > 1;
@@ -100,6 +112,7 @@
       body.replaceChildren(...down.map((h) => el("tr", { class: "host-down", "data-host": h.name },
         el("td", { colspan: columns, role: "alert" }, downText(h)))), ...data.items.map(row));
       $("#empty").hidden = data.items.length > 0;
+      renderSelection(data.items);
       $("#page-info").textContent = `Page ${data.page} of ${data.pages} · ${data.total} networks`;
       $("#prev").disabled = data.page <= 1;
       $("#next").disabled = data.page >= data.pages;
@@ -114,15 +127,80 @@
         actions.append(el("button", { type: "button", class: "danger-outline", "data-id": n.id,
           "aria-label": `Delete ${n.name}`, onclick: () => askDelete(n) }, "Delete"));
       }
-      return el("tr", { "data-name": n.name },
-        el("td", {}, el("a", { href, class: "name" }, n.name)),
+      const name = el("td", { class: "name-cell" }, el("a", { href, class: "name" }, n.name));
+      // Its status, and a marker when fcnetd repaired drift on it lately.
+      const status = el("td", { class: "status-cell" }, el("span", { class: `status ${n.status}` }, n.status));
+      if (n.drift) status.append(el("span", { class: "marker drift", title: driftText(n.drift) }, "drift repaired"));
+      const cells = [];
+      if (selecting()) {
+        const key = `${n.host}/${n.id}`;
+        cells.push(el("td", { class: "select-cell" }, el("input", { type: "checkbox", "aria-label": `Select ${n.name}`,
+          "data-key": key, checked: selected.has(key),
+          onchange: (ev) => { if (ev.target.checked) selected.set(key, n); else selected.delete(key); renderSelection(); } })));
+      }
+      return el("tr", { "data-name": n.name, class: n.drift ? "drifted" : "" }, ...cells, name,
         ...(multiHost ? [el("td", {}, n.host)] : []),
         el("td", { class: "mono" }, n.bridge),
         el("td", {}, n.vlan ? String(n.vlan) : ""),
         el("td", { class: "mode" }, n.mode),
         el("td", { class: "num" }, String(n.vm_count)),
         el("td", {}, when(n.created)),
+        el("td", { class: "rates num" }, rates(n)),
+        status,
         actions);
+    }
+
+    // Cleanup: with the unused filter on, admins pick networks and delete them in one action.
+    const selecting = () => isAdmin && state.unused;
+    function renderSelection(items) {
+      if (!isAdmin) return;
+      if (items) {  // drop what is no longer listed unused (a VM attached meanwhile, or deleted elsewhere)
+        const shown = new Set(items.map((n) => `${n.host}/${n.id}`));
+        for (const key of selected.keys()) if (!shown.has(key)) selected.delete(key);
+      }
+      for (const th of document.querySelectorAll(".select-col")) th.hidden = !selecting();
+      const all = $("#select-all");
+      const boxes = document.querySelectorAll("#networks tbody input[type=checkbox]");
+      all.checked = boxes.length > 0 && [...boxes].every((b) => b.checked);
+      const button = $("#delete-many");
+      button.hidden = !selecting();
+      button.disabled = selected.size === 0;
+      button.textContent = `Delete selected (${selected.size})`;
+    }
+
+    function askDeleteMany() {
+      const d = $("#many-dialog");
+      const nets = [...selected.values()];
+      $("#many-title").textContent = `Delete ${nets.length} unused network${nets.length === 1 ? "" : "s"}`;
+      $("#many-text").textContent = "This removes them from the registry; the Linux bridges on the hosts are not " +
+        "affected. A network that has a VM attached by then is kept.";
+      $("#many-list").replaceChildren(...nets.map((n) => el("li", { "data-name": n.name }, n.name)));
+      const confirm = $("#many-confirm");
+      confirm.hidden = false;
+      confirm.disabled = false;
+      $("#many-close").textContent = "Cancel";
+      confirm.onclick = async (ev) => {
+        ev.preventDefault();
+        confirm.disabled = true;
+        let data;
+        try {
+          data = await api("POST", "/api/networks/delete", { networks: nets.map((n) => ({ host: n.host, id: n.id })) });
+        } catch (e) {
+          $("#many-text").textContent = e.message;
+          return;
+        }
+        // Each network is answered for on its own: deleted, or why not.
+        $("#many-title").textContent = `Deleted ${data.deleted} of ${data.results.length}`;
+        $("#many-text").textContent = "";
+        $("#many-list").replaceChildren(...data.results.map((r) => el("li",
+          { class: r.ok ? "ok" : "fail", "data-name": r.name }, r.ok ? `${r.name}: deleted` : `${r.name}: ${r.error}`)));
+        for (const r of data.results) if (r.ok) selected.delete(`${r.host}/${r.id}`);
+        confirm.hidden = true;
+        $("#many-close").textContent = "Close";
+        toast(`${data.deleted} of ${data.results.length} networks deleted.`, data.deleted === data.results.length ? "ok" : "error");
+        load();
+      };
+      d.showModal();
     }
 
     function askDelete(n) {
@@ -259,6 +337,7 @@
       state.page = 1;
       load();
     });
+    $("#unused").addEventListener("change", (e) => { state.unused = e.target.checked; state.page = 1; load(); });
     $("#prev").addEventListener("click", () => { state.page -= 1; load(); });
     $("#next").addEventListener("click", () => { state.page += 1; load(); });
     if (isAdmin) {
@@ -267,6 +346,13 @@
       $("#c-host").addEventListener("change", fillBridges);
       $("#c-vlan").addEventListener("input", updatePlaceholder);
       $("#c-bridge").addEventListener("change", updatePlaceholder);
+      $("#delete-many").addEventListener("click", askDeleteMany);
+      $("#select-all").addEventListener("change", (e) => {
+        for (const box of document.querySelectorAll("#networks tbody input[type=checkbox]")) {
+          box.checked = e.target.checked;
+          box.dispatchEvent(new Event("change"));
+        }
+      });
     }
     live(() => load());
     load();
@@ -275,7 +361,10 @@
   // ---- Network detail page ------------------------------------------------
   function networkPage() {
     const root = $("#detail");
-    const url = `/api/networks/${encodeURIComponent(root.dataset.host)}/${encodeURIComponent(root.dataset.id)}`;
+    const host = root.dataset.host;
+    const base = `/api/networks/${encodeURIComponent(host)}/${encodeURIComponent(root.dataset.id)}`;
+    const url = base;
+    let current = null;
 
     // The banner says why the data below may be old (fcnetd not running, the
     // network deleted); it shows the newest answer's word: a later answer
@@ -284,6 +373,15 @@
     function say(text) { banner.textContent = text; banner.hidden = !text; }
     let asked = 0;
     let deleted = false;
+
+    // Drift repaired on this network: shown until dismissed, and again for a newer one.
+    let dismissed = "";
+    function showDrift(d) {
+      const text = d ? driftText(d) : "";
+      $("#d-drift-text").textContent = text;
+      $("#d-drift").hidden = !text || text === dismissed;
+    }
+    $("#d-drift-dismiss").addEventListener("click", () => { dismissed = $("#d-drift-text").textContent; showDrift(null); });
 
     async function load() {
       const ask = ++asked;
@@ -295,6 +393,7 @@
         return;
       }
       if (ask !== asked || deleted) return;
+      current = n;
       say("");
       document.title = `${n.name} · fcnetd`;
       $("#d-name").textContent = n.name;
@@ -310,20 +409,199 @@
       $("#d-host").textContent = n.host;
       $("#d-id").textContent = n.id;
       $("#d-description").textContent = n.description || "—";
+      $("#d-rates").textContent = rates(n);
       $("#d-count").textContent = `(${n.vm_count})`;
-      $("#vms tbody").replaceChildren(...n.vms.map((v) => el("tr", {},
+      if (n.drift) showDrift(n.drift);
+      $("#vms tbody").replaceChildren(...n.vms.map((v) => el("tr", { "data-vm": v.vm_id, "data-nic": v.nic },
         el("td", {}, v.vm_name || "—"), el("td", { class: "mono" }, v.vm_id), el("td", {}, v.nic),
         el("td", { class: "mono" }, v.ip || "—"), el("td", { class: "mono" }, v.mac || "—"),
         el("td", {}, el("span", { class: `state ${v.state}` }, v.state)),
-        el("td", { class: "mono" }, v.tap || "—"), el("td", {}, when(v.attached)))));
+        el("td", { class: "mono" }, v.tap || "—"), el("td", {}, when(v.attached)), vmActions(v))));
       $("#no-vms").hidden = n.vms.length > 0;
+      fillTargets(n.vms);
     }
+
+    function vmActions(v) {
+      const label = `${v.vm_name || v.vm_id} ${v.nic}`;
+      const cell = el("td", { class: "actions" },
+        el("button", { type: "button", class: "vm-diagnose", "aria-label": `Diagnose ${label}`,
+          onclick: () => diagnose(`VM ${label}`, "GET",
+            `/api/vms/${encodeURIComponent(host)}/${encodeURIComponent(v.vm_id)}/diagnose?nic=${encodeURIComponent(v.nic)}`) },
+          "Diagnose"),
+        el("button", { type: "button", class: "vm-metrics", "aria-label": `Metrics of ${label}`,
+          onclick: () => { $("#mx-target").value = JSON.stringify([v.vm_id, v.nic]); showTab("metrics"); } }, "Metrics"));
+      if (isAdmin) {
+        cell.append(el("button", { type: "button", class: "vm-move", "aria-label": `Move ${label}`,
+          onclick: () => openMove(v) }, "Move"));
+      }
+      return cell;
+    }
+
+    // ---- Diagnose: each check with its result, what fcnetd saw and what to do
+    let diagAsk = 0;
+    async function diagnose(title, method, target, body) {
+      const ask = ++diagAsk;
+      const box = $("#diag");
+      box.hidden = false;
+      box.setAttribute("aria-busy", "true");
+      $("#diag-title").textContent = `Diagnose: ${title}`;
+      $("#diag-summary").textContent = "Checking…";
+      $("#diag-error").hidden = true;
+      $("#diag-checks tbody").replaceChildren();
+      try {
+        const data = await api(method, target, body);
+        if (ask !== diagAsk) return;
+        const count = (r) => data.checks.filter((c) => c.result === r).length;
+        $("#diag-summary").textContent = `${count("ok")} ok · ${count("warn")} warning${count("warn") === 1 ? "" : "s"} · ${count("fail")} failed`;
+        $("#diag-checks tbody").replaceChildren(...data.checks.map(checkRow));
+      } catch (e) {
+        if (ask !== diagAsk) return;
+        $("#diag-summary").textContent = "";
+        $("#diag-error").textContent = e.message;
+        $("#diag-error").hidden = false;
+      } finally {
+        if (ask === diagAsk) box.setAttribute("aria-busy", "false");
+      }
+    }
+
+    function checkRow(c) {
+      const detail = el("td", {}, c.detail);
+      if (c.servers) {
+        detail.append(c.servers.length ? el("ul", { class: "servers" }, ...c.servers.map((s) => el("li", { class: "mono" },
+          `${s.server || "?"} (${s.mac}) offered ${s.address || "—"}${s.subnet ? ` in ${s.subnet}` : ""}${s.router ? `, router ${s.router}` : ""}`)))
+          : el("p", { class: "hint" }, "No DHCP server answered."));
+      }
+      return el("tr", { class: `check ${c.result}`, "data-check": c.check },
+        el("td", { class: "mono" }, c.check), el("td", {}, el("span", { class: `result ${c.result}` }, c.result)),
+        detail, el("td", { class: "hint-cell" }, c.result === "ok" ? "" : c.hint));
+    }
+
+    $("#diagnose").addEventListener("click", () => {
+      const probe = $("#diag-probe");
+      const name = current ? current.name : "network";
+      if (probe && probe.checked) diagnose(`${name} with DHCP probe`, "POST", `${base}/probe`, {});
+      else diagnose(name, "GET", `${base}/diagnose`);
+    });
+
+    // ---- Move a VM NIC to another bridge and VLAN (admins)
+    let moving = null;
+    async function openMove(v) {
+      moving = v;
+      const form = $("#move-form");
+      form.reset();
+      $("#move-error").hidden = true;
+      $("#move-text").textContent = `${v.vm_name || v.vm_id} (${v.nic}) is on ${current.name}. Move it to:`;
+      const sel = $("#mv-bridge");
+      try {
+        const data = await api("GET", `/api/bridges?host=${encodeURIComponent(host)}`);
+        sel.replaceChildren(...data.bridges.map((b) => el("option", { value: b }, b)));
+        sel.value = current.bridge;
+      } catch (e) {
+        toast(e.message, "error", "Cannot list bridges");
+        return;
+      }
+      $("#move-dialog").showModal();
+      $("#mv-vlan").focus();
+    }
+    if (isAdmin) {
+      $("#move-form").addEventListener("submit", async (ev) => {
+        ev.preventDefault();
+        const vlan = $("#mv-vlan").value.trim();
+        const err = $("#move-error");
+        if (vlan !== "" && !(Number.isInteger(Number(vlan)) && Number(vlan) >= 1 && Number(vlan) <= 4094)) {
+          err.textContent = `VLAN ID: ${vlan} is out of range: 1-4094 (4095 is reserved), or empty for none.`;
+          err.hidden = false;
+          return;
+        }
+        try {
+          const data = await api("POST", `/api/vms/${encodeURIComponent(host)}/${encodeURIComponent(moving.vm_id)}/move`,
+            { nic: moving.nic, bridge: $("#mv-bridge").value, vlan });
+          $("#move-dialog").close();
+          toast(`${moving.vm_name || moving.vm_id} (${moving.nic}) moved to ${data.name}.`, "ok", "Moved");
+          load();
+        } catch (e) {
+          err.textContent = e.message;
+          err.hidden = false;
+        }
+      });
+    }
+
+    // ---- Metrics: rate charts of the network or one VM NIC, live while shown
+    function showTab(which) {
+      for (const tab of document.querySelectorAll("[role=tab]")) {
+        const on = tab.id === `tab-${which}`;
+        tab.setAttribute("aria-selected", String(on));
+        tab.tabIndex = on ? 0 : -1;
+        $(`#${tab.getAttribute("aria-controls")}`).hidden = !on;
+      }
+      if (which === "metrics") metrics.start(); else metrics.stop();
+    }
+    for (const tab of document.querySelectorAll("[role=tab]")) {
+      tab.addEventListener("click", () => showTab(tab.id.slice(4)));
+    }
+
+    function fillTargets(vms) {
+      const sel = $("#mx-target");
+      const chosen = sel.value;
+      sel.replaceChildren(el("option", { value: "" }, "The whole network"),
+        ...vms.map((v) => el("option", { value: JSON.stringify([v.vm_id, v.nic]) }, `VM ${v.vm_name || v.vm_id} (${v.nic})`)));
+      sel.value = [...sel.options].some((o) => o.value === chosen) ? chosen : "";
+    }
+
+    const metrics = (() => {
+      const charts = {};
+      let timer = null;
+      let ask = 0;
+      const series = (unit) => [{},
+        { label: "Rx (from VMs)", stroke: "#2457c5", width: 2, value: (u, v) => v == null ? "—" : perSecond(v, unit) },
+        { label: "Tx (to VMs)", stroke: "#067647", width: 2, value: (u, v) => v == null ? "—" : perSecond(v, unit) }];
+      function draw(id, unit, x, rx, tx) {
+        const box = $(`#${id}`);
+        const data = [x, rx, tx];
+        if (!charts[id]) {
+          charts[id] = new uPlot({ width: Math.max(320, box.clientWidth), height: 220, series: series(unit),
+            scales: { x: { time: true } },
+            axes: [{}, { size: 80, values: (u, vals) => vals.map((v) => perSecond(v, unit)) }] }, data, box);
+        } else {
+          charts[id].setData(data);
+        }
+        box.dataset.samples = String(x.length);  // what the chart shows (tests wait on it)
+      }
+      async function refresh() {
+        const mine = ++ask;
+        const [vm, nic] = $("#mx-target").value ? JSON.parse($("#mx-target").value) : [];
+        const q = new URLSearchParams(vm ? { vm, nic } : {});
+        const note = $("#mx-note");
+        try {
+          const t = await api("GET", `${base}/traffic?${q}`);
+          if (mine !== ask) return;
+          note.hidden = true;
+          draw("chart-bytes", "B", t.time, t.receive_bytes, t.transmit_bytes);
+          draw("chart-packets", "pkt", t.time, t.receive_packets, t.transmit_packets);
+          const lastOf = (a) => a.length ? a[a.length - 1] : 0;
+          $("#mx-now").textContent = t.time.length ? `Now: Rx ${perSecond(lastOf(t.receive_bytes))} · Tx ${perSecond(lastOf(t.transmit_bytes))}` : "No samples yet.";
+        } catch (e) {
+          if (mine !== ask) return;
+          note.textContent = e.message;
+          note.hidden = false;
+        }
+      }
+      return {
+        start() { if (!timer) { refresh(); timer = setInterval(refresh, 10000); } },
+        stop() { clearInterval(timer); timer = null; },
+        refresh,
+      };
+    })();
+    $("#mx-target").addEventListener("change", () => metrics.refresh());
+
     live((event) => {
       if (event.kind === "removed" && event.id === root.dataset.id) {
         deleted = true;  // for good: a network id is never used again
         say("This network was deleted.");
+        metrics.stop();
         return;
       }
+      if (event.kind === "drift" && (event.ids || []).includes(root.dataset.id)) showDrift(event);
       load();
     });
     load();
