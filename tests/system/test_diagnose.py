@@ -59,16 +59,20 @@ def becomes(fetch, check: str, result: str, timeout: float = 10) -> dict:
 
 
 def test_bridge_down_fails_with_the_guides_hint_and_passes_when_up(daemon, client, ns):
-    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr0", 0, {})
-    fetch = lambda: diagnose(client, "fcbr0")  # noqa: E731
+    """An admin's bridge (create = false), which fcnetd leaves down; one it
+    may make it sets up again itself (test_drift)."""
+    ns.ip("link", "add", "fcbr1", "type", "bridge")
+    ns.ip("link", "set", "fcbr1", "up")
+    client.call("CreateNetwork", "ssqa{sv}", "", "fcbr1", 0, {})
+    fetch = lambda: diagnose(client, "fcbr1")  # noqa: E731
     assert {c: r["Result"] for c, r in fetch().items()} == {
         "bridge.allowed": "ok", "bridge.present": "ok", "bridge.up": "ok", "firewall.foreign-drop": "ok",
         "vms": "ok"}
-    ns.ip("link", "set", "fcbr0", "down")
+    ns.ip("link", "set", "fcbr1", "down")
     row = becomes(fetch, "bridge.up", "fail")
-    assert "down" in row["Detail"] and "ip link set dev fcbr0 up" in row["Hint"]
+    assert "down" in row["Detail"] and "ip link set dev fcbr1 up" in row["Hint"]
     assert "not properly configured on host" in row["Hint"]
-    ns.ip("link", "set", "fcbr0", "up")
+    ns.ip("link", "set", "fcbr1", "up")
     becomes(fetch, "bridge.up", "ok")
 
 
@@ -113,19 +117,16 @@ def test_tap_checks_break_and_mend(daemon, client, ns, guests):  # noqa: F811
     guests(tap)  # a VMM opens it
     becomes(fetch, "tap.carrier", "ok")
 
+    # A TAP set down or moved behind fcnetd's back is repaired within a
+    # second (test_drift): Diagnose then finds it whole again. The failing
+    # checks themselves are unit-tested (tests/unit/test_diagnose.py).
     ns.ip("link", "set", tap, "down")
-    assert "ip link set dev" in becomes(fetch, "tap.up", "fail")["Hint"]
-    ns.ip("link", "set", tap, "up")
-    becomes(fetch, "tap.up", "ok")
-
+    wait_for(lambda: "UP" in ns.link(tap)["flags"], 5, what="fcnetd to set its TAP up again")
+    assert fetch()["tap.up"]["Result"] == "ok"
     ns.ip("link", "add", "other0", "type", "bridge")
     ns.ip("link", "set", tap, "master", "other0")
-    row = becomes(fetch, "tap.bridge", "fail")
-    assert row["Detail"] == f"TAP {tap} is a port of other0, not of fcbr0" and "reload" in row["Hint"]
-    # The network's own summary names the VM
-    assert "vm-1/eth0: tap.bridge" in diagnose(client, "fcbr0")["vms"]["Detail"]
-    ns.ip("link", "set", tap, "master", "fcbr0")
-    becomes(fetch, "tap.bridge", "ok")
+    wait_for(lambda: ns.link(tap).get("master") == "fcbr0", 5, what="fcnetd to put its TAP back on fcbr0")
+    assert fetch()["tap.bridge"]["Result"] == "ok"
 
 
 def test_a_deleted_tap_warns_until_the_vm_starts_again(daemon, client, ns):
@@ -322,24 +323,26 @@ def test_path_of_two_vms_on_one_network_names_the_one_not_running(daemon, client
     assert got["path.network"]["Result"] == "ok"
     assert got["a.tap.present"]["Result"] == "ok" and got["b.tap.present"]["Result"] == "warn"
     assert "vm-b" in got["b.tap.present"]["Detail"] and "not running" in got["b.tap.present"]["Detail"]
-    ns.ip("link", "add", "other0", "type", "bridge")
-    ns.ip("link", "set", tap, "master", "other0")
-    becomes(lambda: path(client, "vm-a", "vm-b"), "a.tap.bridge", "fail")
+    ns.ip("link", "del", tap)  # a TAP moved elsewhere fcnetd puts back (test_drift); a deleted one stays gone
+    becomes(lambda: path(client, "vm-a", "vm-b"), "a.tap.present", "warn")
 
 
 # -- fcnetctl --------------------------------------------------------------------------------
-def test_fcnetctl_diagnose_exit_status_table_and_json(daemon, bus, client, ns):
+def test_fcnetctl_diagnose_exit_status_table_and_json(daemon, bus, client, ns, config):
     client.call("AttachVm", "ssqa{sv}", "vm-1", "fcbr0", 0, {})
     ok = fcnetctl(bus.address, "diagnose", "fcbr0")
     assert ok.returncode == 0 and ok.stdout.split("\n")[0].split() == ["CHECK", "RESULT", "DETAIL", "HINT"]
     assert "5 checks: 5 ok, 0 warn, 0 fail." in ok.stdout
     warn = fcnetctl(bus.address, "diagnose", "--vm", "vm-1", "--nic", "eth0", check=False)
     assert warn.returncode == 2 and "tap.present" in warn.stdout
-    ns.ip("link", "set", "fcbr0", "down")
+    with open(config, "w") as f:  # a state that stays (a bridge set down, fcnetd sets up again)
+        f.write(NAT_CONFIG.replace("[bridges.fcbr0]\ncreate = true\n\n", ""))
+    daemon.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: fcnetctl(bus.address, "diagnose", "fcbr0", check=False).returncode == 1, 10,
              what="exit status 1")
     rows = json.loads(fcnetctl(bus.address, "--json", "diagnose", "fcbr0", check=False).stdout)
-    assert {"Check": "bridge.up", "Result": "fail"}.items() <= next(r for r in rows if r["Check"] == "bridge.up").items()
+    assert {"Check": "bridge.allowed", "Result": "fail"}.items() <= \
+        next(r for r in rows if r["Check"] == "bridge.allowed").items()
     assert set(rows[0]) == {"Check", "Result", "Detail", "Hint"}
     both = fcnetctl(bus.address, "diagnose", "--path", "vm-1", "vm-2", check=False)
     assert both.returncode == 1 and "path.b.attached" in both.stdout
