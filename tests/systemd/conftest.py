@@ -2,8 +2,8 @@
 tier, with fcnetd installed by the README's own commands.
 
 Run just this tier: ./run-tests tests/systemd
-The boot and install times are printed (pytest -s, or in the report's
-"systemd tier" section)."""
+The boot and install times are printed at the end of the tier; the guest's
+journal and console are kept in artifacts/systemd/."""
 
 from __future__ import annotations
 
@@ -29,6 +29,7 @@ BOOT_DEADLINE = 300          # TCG boot to the agent: about 30 s measured; gener
 INSTALL_DEADLINE = 600       # pip under TCG is the slow step
 FIRST_USER_PASSWORD = "correct-horse-battery"
 TIMINGS: dict[str, float] = {}
+FIGURES: dict[str, str] = {}   # filled by the tests: scores, the watchdog's restart time
 
 
 def _kernel() -> tuple[str, str] | None:
@@ -80,6 +81,10 @@ def _wheelhouse() -> str:
     requirement list. pip wheel on this host picks each package's binary
     wheel for CPython 3.11 on x86_64 glibc, which the guest's Debian 3.11
     takes; sdist-only packages come out as pure-Python wheels."""
+    # Binary wheels are picked for this Python; the guest runs Debian 12's 3.11.
+    if sys.version_info[:2] != (3, 11):
+        pytest.fail(f"the guest's wheelhouse is built with this Python ({sys.version.split()[0]}), "
+                    "which must be 3.11 like Debian 12's", pytrace=False)
     reqs = _requirements()
     key = hashlib.sha256("\n".join(reqs + [sys.version.split()[0][:4]]).encode()).hexdigest()[:16]
     house = os.path.join(CACHE, f"wheelhouse-{key}")
@@ -143,9 +148,23 @@ def booted():
     except GuestError as e:
         pytest.fail(str(e), pytrace=False)
     finally:
+        _save_artifacts(guest)
         guest.stop()
-        _print_timings()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _save_artifacts(guest: Guest) -> None:
+    """The guest's journal and serial console, for whoever reads a failure."""
+    out = os.path.join(ROOT, "artifacts", "systemd")
+    os.makedirs(out, exist_ok=True)
+    if os.path.exists(guest.console):
+        shutil.copy(guest.console, os.path.join(out, "console.log"))
+    try:
+        journal = guest.run("journalctl -b --no-pager -o short-monotonic", timeout=60).stdout
+    except GuestError as e:
+        journal = f"(no journal: {e})"
+    with open(os.path.join(out, "journal.txt"), "w") as f:
+        f.write(journal)
 
 
 @pytest.fixture(scope="session")
@@ -172,9 +191,13 @@ def installed(booted):
     return g
 
 
-def _print_timings() -> None:
-    sys.stderr.write("\nsystemd tier timings: " +
-                     ", ".join(f"{k} {v:.1f} s" for k, v in TIMINGS.items()) + "\n")
+def pytest_terminal_summary(terminalreporter):
+    """The tier's figures in every run's summary: boot, install, the
+    watchdog's restart and both exposure scores."""
+    if TIMINGS or FIGURES:
+        terminalreporter.write_sep("-", "systemd tier")
+        for name, value in {**{k: f"{v:.1f} s" for k, v in TIMINGS.items()}, **FIGURES}.items():
+            terminalreporter.write_line(f"{name}: {value}")
 
 
 # The tier's fcnetd.toml: a trunk uplink (one end of a veth pair, as a host's

@@ -10,6 +10,16 @@ from .conftest import CONFIG, bridges
 pytestmark = pytest.mark.systemd
 
 
+@pytest.fixture(scope="module", autouse=True)
+def without_webui(configured):
+    """The web UI is a bus client of fcnetd: stopped here, so that a stopped
+    fcnetd is not started again at once by the UI's next call (D-Bus
+    activation, proved in test_7) while these tests stop and start it."""
+    configured.ok("systemctl stop fcnetd-webui")
+    yield
+    configured.ok("systemctl start fcnetd-webui")
+
+
 def _show(g, *props) -> dict:
     out = g.ok(f"systemctl show -p {','.join(props)} fcnetd")
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
