@@ -17,6 +17,7 @@ APT_PACKAGES=(
   dnsmasq-base                                    # nat networks: DHCP and DNS (fcnetd/dnsmasq.py; makes user dnsmasq)
   polkitd                                         # system tier: a real polkit authority (tests/system/polkitd.py)
   openssh-server openssh-client                   # remote hosts: ssh for the web UI and fcnetctl --host; the tests' own sshd
+  debootstrap e2fsprogs                           # systemd tier: the guest's Debian (tools/systemd-image.sh), mkfs.ext4 -d
 )
 
 missing=()

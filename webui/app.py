@@ -589,7 +589,7 @@ def main(argv=None) -> int:
     p.add_argument("--config", help=f"config file (default {configmod.DEFAULT_PATH}, optional)")
     p.add_argument("--bus", help="system, session or a D-Bus address (one host; default system)")
     p.add_argument("--listen", help="HOST:PORT (default 127.0.0.1:8080)")
-    p.add_argument("--users", help="users file (default /var/lib/fcnetd-webui/users.json)")
+    p.add_argument("--users", help=f"users file (default {configmod.DEFAULT_USERS})")
     sub = p.add_subparsers(dest="cmd")
     u = sub.add_parser("user", help="manage sign-in users")
     u.add_argument("action", choices=["add", "passwd", "del", "list"])
@@ -614,9 +614,8 @@ def main(argv=None) -> int:
     if not host or not port.isdigit():
         print(f"fcnetd-webui: --listen: {listen!r} must be HOST:PORT", file=sys.stderr)
         return 1
-    if not UserStore(cfg.users).load():
-        print(f"fcnetd-webui: no users in {cfg.users}; add one: fcnetd-webui user add NAME --role admin",
-              file=sys.stderr)
+    if note := UserStore(cfg.users).startup_note():
+        log.warning("%s", note)   # and keep serving: a crash loop would explain nothing
     app = App(cfg, [args.bus] if args.bus else None)
     try:
         # open event streams would hold a graceful stop for a minute by default

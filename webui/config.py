@@ -3,7 +3,7 @@
 /etc/fcnetd/webui.toml, every key optional:
 
     listen = "127.0.0.1:8080"
-    users = "/var/lib/fcnetd-webui/users.json"
+    users = "/etc/fcnetd/webui-users.json"    # root manages it: fcnetd-webui user ...
 
     [hosts.node1]
     bus = "system"                      # or a D-Bus address
@@ -23,13 +23,15 @@ from dataclasses import dataclass, field
 from fcnetd.config import ConfigError, read_toml
 from fcnetd.sshbus import SshTarget, check_destination
 
+from .users import DEFAULT_PATH as DEFAULT_USERS
+
 DEFAULT_PATH = "/etc/fcnetd/webui.toml"
 
 
 @dataclass(frozen=True)
 class WebConfig:
     listen: str = "127.0.0.1:8080"
-    users: str = "/var/lib/fcnetd-webui/users.json"
+    users: str = DEFAULT_USERS
     hosts: dict[str, str | SshTarget] = field(default_factory=dict)  # label -> local bus or ssh target
 
 

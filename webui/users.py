@@ -1,5 +1,11 @@
 """Local users of the web UI: scrypt password hashes and a role, in one JSON
-file written atomically."""
+file written atomically.
+
+On a systemd host the file is /etc/fcnetd/webui-users.json, 0640 root:fcnet
+(systemd-tmpfiles makes it, empty): root manages it with `fcnetd-webui user`,
+the UI's user fcnetd-webui reads it through that group. It is read at every
+sign-in, so changes count without a restart; a rewrite keeps the file's
+owner and mode."""
 
 from __future__ import annotations
 
@@ -7,15 +13,19 @@ import base64
 import hashlib
 import hmac
 import json
+import logging
 import os
 import re
 import secrets
+import stat
 
 ROLES = ("admin", "viewer")
 _NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 # scrypt cost: 2^15 * 8 * 128 B = 32 MiB and ~50 ms a check, as OWASP suggests
 N, R, P = 2**15, 8, 1
 MAXMEM = 64 * 1024 * 1024
+DEFAULT_PATH = "/etc/fcnetd/webui-users.json"
+log = logging.getLogger("fcnetd-webui")
 
 
 class UserError(Exception):
@@ -51,9 +61,24 @@ class UserStore:
     def load(self) -> dict[str, dict]:
         try:
             with open(self.path) as f:
-                return json.load(f).get("users", {})
+                text = f.read()
         except FileNotFoundError:
             return {}
+        except PermissionError:
+            raise UserError(f"{self.path}: cannot read it as uid {os.getuid()}: it must be readable by the web UI "
+                            f"(on a systemd host 0640 root:fcnet, as systemd-tmpfiles makes it)") from None
+        # empty: made by systemd-tmpfiles, no user added yet
+        return json.loads(text).get("users", {}) if text.strip() else {}
+
+    def startup_note(self) -> str | None:
+        """What to tell an admin at start when nobody can sign in yet."""
+        try:
+            if self.load():
+                return None
+        except UserError as e:
+            return f"{e}; every sign-in is refused until it is"
+        return (f"no users in {self.path}: every sign-in is refused until root adds one: "
+                f"fcnetd-webui user add NAME --role admin (no restart needed)")
 
     def _save(self, users: dict) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
@@ -65,8 +90,10 @@ class UserStore:
             f.flush()
             os.fsync(f.fileno())
         if os.path.exists(self.path):
+            # keep what systemd-tmpfiles set (root:fcnet 0640): the UI reads it by its group
             st = os.stat(self.path)
             os.chown(tmp, st.st_uid, st.st_gid)
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
         os.rename(tmp, self.path)
 
     @staticmethod
@@ -106,7 +133,11 @@ class UserStore:
 
     def authenticate(self, name: str, password: str) -> str | None:
         """The user's role if the password is right, else None."""
-        user = self.load().get(name)
+        try:
+            user = self.load().get(name)
+        except UserError as e:
+            log.error("sign-in of %s refused: %s", name, e)
+            user = None
         if user is None:
             verify_password(password, _DUMMY)
             return None

@@ -1,0 +1,39 @@
+"""systemd-analyze security on the installed units, as systemd loaded them.
+Both scores are printed into the test output."""
+
+import re
+
+import pytest
+
+from .conftest import FIGURES
+
+pytestmark = pytest.mark.systemd
+# What the shipped units score now: a regression past these fails.
+CEILING = {"fcnetd.service": 2.6, "fcnetd-webui.service": 1.0}
+# Issue 11's target for the daemon. Not reached: 0.8 of its exposure is a nat
+# network's dnsmasq (CAP_SETUID/SETGID/CHOWN/KILL/NET_BIND_SERVICE/NET_RAW,
+# @setuid @chown), which fcnetd starts as its own child; 1.8 offline without
+# them. Reaching it means running each dnsmasq as a unit of its own.
+TARGET = 2.0
+
+
+def _score(g, unit: str, capsys) -> tuple[float, str]:
+    out = g.run(f"systemd-analyze security --no-pager {unit}").stdout
+    m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", out)
+    assert m, out
+    with capsys.disabled():
+        print(f"\nsystemd-analyze security {unit} (installed, in the guest): {m.group(1)}")
+    FIGURES[f"systemd-analyze security {unit}"] = m.group(1)
+    return float(m.group(1)), "\n".join(line for line in out.splitlines() if line.startswith("✗"))
+
+
+@pytest.mark.parametrize("unit", sorted(CEILING))
+def test_exposure_of_the_installed_unit(installed, unit, capsys):
+    score, open_items = _score(installed, unit, capsys)
+    assert score <= CEILING[unit], f"{unit}: {score} > {CEILING[unit]}; left open:\n{open_items}"
+
+
+@pytest.mark.xfail(strict=True, reason="fcnetd's unit carries its nat networks' dnsmasq privileges (see TARGET)")
+def test_daemon_exposure_reaches_the_issues_target(installed, capsys):
+    score, open_items = _score(installed, "fcnetd.service", capsys)
+    assert score <= TARGET, f"fcnetd.service: {score} > {TARGET}; left open:\n{open_items}"
