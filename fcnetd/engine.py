@@ -562,16 +562,9 @@ class Engine:
         with `mode`, `subnet` and `dhcp`; given for an existing network,
         they must be what it has. On a nat network the NIC gets an address
         (`ip`, else the lowest free) and a MAC (`mac`, else generated)."""
-        check_id(vm_id, "vm_id")
-        check_nic(nic)
+        mac, wanted, addressing = _checked_join(vm_id, nic, bridge, vlan, mac, ip, mode, subnet, dhcp)
         if vm_name:
             check_name(vm_name, "vm_name")
-        if mac:
-            mac = ipam.check_unicast_mac(check_mac(mac))
-        wanted = ipam.check_ip(ip) if ip else None
-        check_ifname(bridge)
-        check_vlan(vlan)
-        addressing = Addressing.checked(mode, subnet, dhcp)
         async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
             self._check_unattached(vm_id, nic)
             self._allowed(bridge)
@@ -623,14 +616,7 @@ class Engine:
         reconcile puts the TAP back. On a nat network the NIC keeps its MAC
         (the guest's, fixed at boot) unless `mac` is given, and gets an
         address (`ip`, else the lowest free)."""
-        check_id(vm_id, "vm_id")
-        check_nic(nic)
-        if mac:
-            mac = ipam.check_unicast_mac(check_mac(mac))
-        wanted = ipam.check_ip(ip) if ip else None
-        check_ifname(bridge)
-        check_vlan(vlan)
-        addressing = Addressing.checked(mode, subnet, dhcp)
+        mac, wanted, addressing = _checked_join(vm_id, nic, bridge, vlan, mac, ip, mode, subnet, dhcp)
         async with self.gate.shared(), self._nic_locks.hold((vm_id, nic)):
             old = self._attachment(vm_id, nic)
             source = self.registry.networks[old.network_id]
@@ -1089,3 +1075,18 @@ class Engine:
         att = self.registry.attachments.get(key)
         if att is not None and att.network_id in self.registry.networks:
             self.on_network_changed(self.registry.networks[att.network_id])
+
+
+def _checked_join(vm_id: str, nic: str, bridge: str, vlan: int, mac: str, ip: str, mode: str | None,
+                  subnet: str | None, dhcp: bool | None) -> tuple[str, ipam.IPv4Address | None, Addressing]:
+    """AttachVm's and MoveVm's arguments, checked before their first await:
+    (the MAC in its checked form or "", the static address or None, the
+    addressing asked for a network they would make)."""
+    check_id(vm_id, "vm_id")
+    check_nic(nic)
+    if mac:
+        mac = ipam.check_unicast_mac(check_mac(mac))
+    wanted = ipam.check_ip(ip) if ip else None
+    check_ifname(bridge)
+    check_vlan(vlan)
+    return mac, wanted, Addressing.checked(mode, subnet, dhcp)
