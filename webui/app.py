@@ -167,7 +167,13 @@ class App:
         raise web.HTTPNotFound(text=json.dumps({"error": f"no host {excerpt(name)}"}), content_type="application/json")
 
     def session(self, request):
-        return self.sessions.get(request.cookies.get(COOKIE))
+        s = self.sessions.get(request.cookies.get(COOKIE))
+        if s is not None and not self.users.still_valid(s.user, s.role, s.credential):
+            # deleted, its password or role changed by `fcnetd-webui user ...`
+            log.info("session of %s ended: the user was deleted or changed", s.user)
+            self.sessions.end_user(s.user)
+            return None
+        return s
 
     def secure_cookies(self, request) -> bool:
         return request.secure or request.host.split(":")[0] not in ("127.0.0.1", "localhost", "[::1]")
@@ -231,12 +237,13 @@ class App:
         wait = self.throttle.begin(addr, name)  # counted now, before the slow check
         if wait:
             return self._login_form(request, f"Too many failed sign-ins; try again in {wait} s.", 429)
-        role = await asyncio.to_thread(self.users.authenticate, name, password)
-        if role is None:
+        user = await asyncio.to_thread(self.users.signed_in, name, password)
+        if user is None:
             log.info("failed sign-in for %r from %s", name[:64], addr)
             return self._login_form(request, "Wrong user name or password.", 401)
         self.throttle.succeeded(addr, name)
-        sid, _ = self.sessions.create(name, role)
+        role = user["role"]
+        sid, _ = self.sessions.create(name, role, user["hash"])
         resp = web.HTTPSeeOther("/networks")
         resp.set_cookie(COOKIE, sid, httponly=True, samesite="Strict", secure=self.secure_cookies(request),
                         path="/")
@@ -499,6 +506,8 @@ class App:
                     event = await asyncio.wait_for(q.get(), 15)
                     await resp.write(f"data: {json.dumps(event)}\n\n".encode())
                 except asyncio.TimeoutError:
+                    if self.session(request) is None:  # the user was deleted or changed meanwhile
+                        break
                     await resp.write(b": keepalive\n\n")
         except (ConnectionResetError, asyncio.CancelledError):
             pass

@@ -16,6 +16,7 @@ MAX_SECONDS = 12 * 3600
 class Session:
     user: str
     role: str
+    credential: str = ""  # the user's password hash when signed in: a new password ends the session
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     created: float = field(default_factory=time.monotonic)
     seen: float = field(default_factory=time.monotonic)
@@ -33,9 +34,9 @@ class Sessions:
         self.idle, self.maximum = idle, maximum
         self._by_id: dict[str, Session] = {}
 
-    def create(self, user: str, role: str) -> tuple[str, Session]:
+    def create(self, user: str, role: str, credential: str = "") -> tuple[str, Session]:
         sid = secrets.token_urlsafe(32)
-        self._by_id[sid] = Session(user, role)
+        self._by_id[sid] = Session(user, role, credential)
         return sid, self._by_id[sid]
 
     def get(self, sid: str | None) -> Session | None:

@@ -57,6 +57,8 @@ _DUMMY = hash_password(secrets.token_hex(8))
 class UserStore:
     def __init__(self, path: str):
         self.path = path
+        self._seen: tuple | None = None  # the file's identity when `_current` was read
+        self._current: dict[str, dict] = {}
 
     def load(self) -> dict[str, dict]:
         try:
@@ -133,6 +135,11 @@ class UserStore:
 
     def authenticate(self, name: str, password: str) -> str | None:
         """The user's role if the password is right, else None."""
+        user = self.signed_in(name, password)
+        return user["role"] if user else None
+
+    def signed_in(self, name: str, password: str) -> dict | None:
+        """The user's record ({"role", "hash"}) if the password is right."""
         try:
             user = self.load().get(name)
         except UserError as e:
@@ -141,4 +148,24 @@ class UserStore:
         if user is None:
             verify_password(password, _DUMMY)
             return None
-        return user["role"] if verify_password(password, user["hash"]) else None
+        return user if verify_password(password, user["hash"]) else None
+
+    def still_valid(self, name: str, role: str, credential: str) -> bool:
+        """Whether a session signed in as `name` may go on: the user is still
+        there, with the same role and password. The file is written by
+        another process (`fcnetd-webui user del/passwd`, run by root), so it
+        is looked at on each request: a stat, and a read when it changed."""
+        try:
+            st = os.stat(self.path)
+            seen = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen != self._seen:
+            try:
+                self._current = self.load()
+            except (UserError, ValueError) as e:  # unreadable or broken: nobody's session goes on
+                log.error("sessions end: %s", e)
+                self._current = {}
+            self._seen = seen
+        user = self._current.get(name)
+        return user is not None and user["role"] == role and user["hash"] == credential

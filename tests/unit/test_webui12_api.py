@@ -4,6 +4,9 @@ route asks fcnetd, what it answers, who may call it, and bad input refused
 with a 400 naming the field before anything reaches fcnetd."""
 
 import asyncio
+import json
+import os
+import tempfile
 import time
 
 import pytest
@@ -57,20 +60,24 @@ class FakeHost(Host):
 def run(test):
     """test(client, host, sign_in) inside a live web UI on a fake host."""
     async def main():
-        web = App(WebConfig(users="/nonexistent"))
+        users = tempfile.NamedTemporaryFile("w", suffix=".json", delete=False)
+        json.dump({"users": {r: {"hash": f"hash-of-{r}", "role": r} for r in ("admin", "viewer")}}, users)
+        users.close()
+        web = App(WebConfig(users=users.name))
         host = FakeHost()
         web.hosts = [host]
         client = TestClient(TestServer(web.make()))
         await client.start_server()
 
         def sign_in(role="admin"):
-            sid, session = web.sessions.create(role, role)
+            sid, session = web.sessions.create(role, role, f"hash-of-{role}")  # as the users file has them
             client.session.cookie_jar.update_cookies({COOKIE: sid})
             return {"X-CSRF-Token": session.csrf}
         try:
             await test(client, host, sign_in)
         finally:
             await client.close()
+            os.unlink(users.name)
     asyncio.run(main())
 
 
