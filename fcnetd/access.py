@@ -175,6 +175,11 @@ class AccessGate:
         self.conn.add_message_handler(self._on_message)
         self._spawn(self._watch_authority())
 
+    async def settled(self) -> None:
+        """Returns once it knows who decides (polkit or the built-in rule)
+        and has said so in the log: the daemon says READY=1 only then."""
+        await self._mode_known.wait()
+
     def open(self) -> None:
         """The objects are exported: the calls held meanwhile go on."""
         held, self._held = self._held, None

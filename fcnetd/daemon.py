@@ -122,6 +122,7 @@ class Daemon:
         loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
+        await self.gate.settled()  # the log has said who authorizes before it says ready
         self.notifier.ready(self.status_line())
         self.notifier.start_watchdog()
         log.info("fcnetd %s ready on %s: %s", __version__, self.args.bus, self.status_line())
