@@ -105,7 +105,7 @@ class _LocalLink:
             await self.conn.wait_for_disconnect()
             return "the bus connection closed"
         except Exception as e:
-            return f"the bus connection broke ({e or type(e).__name__})"
+            return f"the bus connection broke ({str(e) or type(e).__name__})"
 
     async def close(self) -> None:
         self.conn.disconnect()
