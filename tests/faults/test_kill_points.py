@@ -128,7 +128,11 @@ def test_killed_at(point, host, monkeypatch):
         reg, skipped = read_registry(state)
         assert skipped == [], f"journal records that did not fit: {skipped}"
         attached = {vm for vm, _ in reg.attachments}
-        assert acks.attached <= attached, f"acknowledged attachments lost: {acks.attached - attached}"
+        # A DetachVm in flight may be on disk but unanswered when the kill
+        # comes (another call's step reached the point first): its VM may
+        # be gone; every other acknowledged attachment must be there.
+        lost = acks.attached - acks.detaching - attached
+        assert not lost, f"acknowledged attachments lost: {lost}"
         assert not acks.detached & attached, f"acknowledged detaches undone: {acks.detached & attached}"
         links = kernel_links(ns)
         ours = {}

@@ -147,12 +147,18 @@ def test_create_tap_does_not_wait_behind_a_flood_of_bulk_reads(ns, bus, tmp_path
             sent = flood.sent
         text, objects = asyncio.run(bulk_read_answers(bus.address))
         assert objects == NETWORKS + 1 and '"busy-59"' in text
+        # Quiet again after the flood: the baseline is the slower of the two
+        # quiet runs, so a load that changed meanwhile on a shared machine
+        # (the QEMU tiers run beside this one) is not taken for unfairness.
+        after_attach, after_tap = asyncio.run(launcher_rounds(bus.address, "after", ROUNDS))
     finally:
         daemon.stop()
-    report = (f"CreateTap p99 quiet {p99(quiet_tap) * 1000:.1f} ms, flooded {p99(busy_tap) * 1000:.1f} ms; "
-              f"AttachVm p99 quiet {p99(quiet_attach) * 1000:.1f} ms, flooded {p99(busy_attach) * 1000:.1f} ms; "
-              f"{sent} bulk reads sent")
+    quiet_tap_p99 = max(p99(quiet_tap), p99(after_tap))
+    quiet_attach_p99 = max(p99(quiet_attach), p99(after_attach))
+    report = (f"CreateTap p99 quiet {quiet_tap_p99 * 1000:.1f} ms, flooded {p99(busy_tap) * 1000:.1f} ms; "
+              f"AttachVm p99 quiet {quiet_attach_p99 * 1000:.1f} ms, flooded {p99(busy_attach) * 1000:.1f} ms "
+              f"(quiet: the slower of before and after the flood); {sent} bulk reads sent")
     print(report)
     assert sent >= 200 and not flood.blocked, report
-    assert p99(busy_tap) < 5 * p99(quiet_tap), report
-    assert p99(busy_attach) < 5 * p99(quiet_attach), report
+    assert p99(busy_tap) < 5 * quiet_tap_p99, report
+    assert p99(busy_attach) < 5 * quiet_attach_p99, report
