@@ -56,7 +56,11 @@
     source.onmessage = (msg) => {
       const event = JSON.parse(msg.data);
       clearTimeout(timer);
-      timer = setTimeout(() => onEvent(event), 80);  // a burst of VM starts is one refresh
+      // A burst of VM starts is one refresh; but a drift or a deletion is
+      // news of its own, which a "changed" event right behind it must not
+      // swallow (the drift banner was lost that way).
+      if (event.kind === "drift" || event.kind === "removed") onEvent(event);
+      else timer = setTimeout(() => onEvent(event), 80);
     };
     return source;
   }
