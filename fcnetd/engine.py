@@ -11,6 +11,7 @@ change it guards run with no await between them, so they are atomic.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections import defaultdict
@@ -570,32 +571,16 @@ class Engine:
             self._allowed(bridge)
             self._check_room(bridge)
             self._check_address_fits(bridge, vlan, addressing, wanted)
-            key = (bridge, vlan)
-            self._attaching[key] = self._attaching.get(key, 0) + 1
-            counted = True
-            try:
+            with self._joining(bridge, vlan) as settle:
                 net = await self._network_to_join(bridge, vlan, addressing, "attaching")
                 self._check_room(bridge)
                 # From here to the change: no await, so the address and MAC
                 # are still free when the change takes them.
-                if net.mode == "nat":
-                    self._nat_plane()
-                    taken = self.attachments_of(net)
-                    mac = ipam.claim_mac({a.mac for a in taken}, mac)
-                    ip = str(ipam.allocate(net.network, {ipam.IPv4Address(a.ip) for a in taken}, wanted))
-                elif ip:
-                    raise E.InvalidArgs("ip", f"network {net.name} is a {net.mode} network; "
-                                              "fcnetd gives addresses only on a nat network")
+                mac, ip = self._addresses_on(net, mac, wanted)
                 att = Attachment(vm_id, nic, net.id, vm_name, mac, ip=ip)
                 change = self.registry.change("add_attachment", att)
-                # From here the registry counts it: counted twice, a
-                # DeleteNetwork meanwhile would say one VM too many.
-                self._attach_settled(key)
-                counted = False
+                settle()
                 await self.registry.commit(change)
-            finally:
-                if counted:
-                    self._attach_settled(key)
             self.on_change("vm-attached", network=net, vm=vm_id, nic=nic, vm_name=vm_name or None,
                            mac=mac or None, ip=ip or None)
             if net.mode == "nat":
@@ -627,10 +612,7 @@ class Engine:
             if bridge != source.bridge:
                 self._check_room(bridge)
             self._check_address_fits(bridge, vlan, addressing, wanted)
-            key = (bridge, vlan)
-            self._attaching[key] = self._attaching.get(key, 0) + 1
-            counted = True
-            try:
+            with self._joining(bridge, vlan) as settle:
                 net = await self._network_to_join(bridge, vlan, addressing, "moving")
                 self._moved_attachment(old, net, mac, wanted)  # refused now, before the kernel changes
                 tap = self.taps.get(old.key)
@@ -643,16 +625,13 @@ class Engine:
                     # No await from here to the change: the address and MAC are still free.
                     new = self._moved_attachment(old, net, mac, wanted)
                     change = self.registry.change("move_attachment", Move(old, new))
-                    self._attach_settled(key)
-                    counted = False
+                    settle()
                     await self.registry.commit(change)
                 except BaseException:
                     if tap is not None:
-                        await self._replug_back(old.key, source)
+                        await self._replug_back(old.key, self.bridges.get(source.bridge), source.vlan)
+                        self._set_tap(old.key, tap)
                     raise
-            finally:
-                if counted:
-                    self._attach_settled(key)
             log.info("VM %s NIC %s moved from %s to %s", vm_id, nic, source.name, net.name)
             self.on_change("vm-moved", network=net, vm=vm_id, nic=nic, from_network=source.name,
                            tap=tap.name if tap is not None else None, mac=new.mac or None, ip=new.ip or None)
@@ -666,8 +645,8 @@ class Engine:
 
     async def _network_to_join(self, bridge: str, vlan: int, addressing: Addressing, doing: str) -> Network:
         """The (bridge, VLAN) network a VM NIC joins, made if missing. The
-        caller counts it in `_attaching`, so no DeleteNetwork takes it once
-        found; one may win the await here, and then it is made again."""
+        caller holds `_joining`, so no DeleteNetwork takes it once found; one
+        may win the await here, and then it is made again."""
         for _ in range(ENSURE_TRIES):
             net, _ = await self._ensure_network(bridge, vlan, addressing)
             if net.id in self.registry.networks:
@@ -675,59 +654,68 @@ class Engine:
                 return net
         raise E.NoSuchNetwork(f"network {net.name} was deleted while {doing}; try again")
 
+    def _addresses_on(self, net: Network, mac: str, wanted: ipam.IPv4Address | None,
+                      leaving: tuple[str, str] | None = None) -> tuple[str, str]:
+        """(MAC, address) a VM NIC gets on `net`: on a nat network the MAC
+        asked for (else a new one) and the address asked for (else the lowest
+        free), neither held by another NIC (`leaving`: the NIC itself, moving
+        in, holds nothing there); elsewhere the MAC as given and no address.
+        Raises if they cannot be had. Takes nothing: the caller's change does,
+        with no await in between."""
+        if net.mode != "nat":
+            if wanted is not None:
+                raise E.InvalidArgs("ip", f"network {net.name} is a {net.mode} network; "
+                                          "fcnetd gives addresses only on a nat network")
+            return mac, ""
+        self._nat_plane()
+        taken = [a for a in self.attachments_of(net) if a.key != leaving]
+        mac = ipam.claim_mac({a.mac for a in taken}, mac)
+        return mac, str(ipam.allocate(net.network, {ipam.IPv4Address(a.ip) for a in taken}, wanted))
+
     def _moved_attachment(self, old: Attachment, net: Network, mac: str,
                           wanted: ipam.IPv4Address | None) -> Attachment:
-        """The attachment `old` becomes on `net`: raises if its address or MAC
-        cannot be had there."""
-        ip = ""
-        mac = mac or old.mac
-        if net.mode == "nat":
-            self._nat_plane()
-            taken = [a for a in self.attachments_of(net) if a.key != old.key]
-            mac = ipam.claim_mac({a.mac for a in taken}, mac)
-            ip = str(ipam.allocate(net.network, {ipam.IPv4Address(a.ip) for a in taken}, wanted))
-        elif wanted is not None:
-            raise E.InvalidArgs("ip", f"network {net.name} is a {net.mode} network; "
-                                      "fcnetd gives addresses only on a nat network")
+        """The attachment `old` becomes on `net` (it keeps its MAC, the
+        guest's, unless `mac` is given)."""
+        mac, ip = self._addresses_on(net, mac or old.mac, wanted, leaving=old.key)
         return replace(old, network_id=net.id, mac=mac, ip=ip)
 
     async def _replug(self, key: tuple[str, str], port: BridgeState, vlan: int,
                       back: BridgeState | None = None, back_vlan: int = 0) -> None:
         """Puts the VM NIC's TAP on bridge `port` in exactly `vlan` (the
         bridge's default one when 0), never on a segment it does not belong
-        to on the way: moved to another bridge it is set down first (enslaved,
-        it would forward in that bridge's default VLAN before its own), and
-        VLANs are left before others are joined. If a step fails, it is put
-        back on `back` in `back_vlan`, best effort (else reconcile does)."""
+        to on the way. If a step fails, it is put back on `back` in
+        `back_vlan`, best effort (else reconcile does)."""
         tap = self.taps[key]
-        dev = Device("tap", tap.name)
-        moving = tap.master != port.index
         try:
-            if moving:
-                if tap.up:
-                    await self.netlink.set_down(tap.index, dev)
-                await self.netlink.set_master(tap.index, port.index, dev, port.name)
-            if port.vlan_filtering:
-                await self.netlink.set_port_vlans(tap.index, {vlan or port.default_pvid: {"pvid", "untagged"}}, dev)
-            if moving and tap.up:
-                await self.netlink.set_up(tap.index, dev)
+            await self._plug(tap, port, vlan, moving=tap.master != port.index)
         except BaseException:
             if back is not None:
-                await self._replug_to(key, tap, back, back_vlan)
+                await self._replug_back(key, back, back_vlan)
             raise
         self._set_tap(key, replace(tap, master=port.index))
 
-    async def _replug_back(self, key: tuple[str, str], source: Network) -> None:
-        back = self.bridges.get(source.bridge)
-        if back is not None and key in self.taps:
-            await self._replug_to(key, self.taps[key], back, source.vlan)
+    async def _plug(self, tap: TapState, port: BridgeState, vlan: int, moving: bool) -> None:
+        """Moved to another bridge (or from where a failure left it), the TAP
+        is set down first: enslaved, it would forward in that bridge's
+        default VLAN before its own. VLANs are left before others are joined."""
+        dev = Device("tap", tap.name)
+        if moving:
+            if tap.up:
+                await self.netlink.set_down(tap.index, dev)
+            await self.netlink.set_master(tap.index, port.index, dev, port.name)
+        if port.vlan_filtering:
+            await self.netlink.set_port_vlans(tap.index, {vlan or port.default_pvid: {"pvid", "untagged"}}, dev)
+        if moving and tap.up:
+            await self.netlink.set_up(tap.index, dev)
 
-    async def _replug_to(self, key: tuple[str, str], tap: TapState, port: BridgeState, vlan: int) -> None:
-        """Best effort: a failure is logged, and the next reconcile repairs."""
+    async def _replug_back(self, key: tuple[str, str], port: BridgeState | None, vlan: int) -> None:
+        """Best effort, with the TAP's state as fcnetd knew it before the
+        move: a failure is logged, and the next reconcile repairs."""
+        tap = self.taps.get(key)
+        if port is None or tap is None:
+            return
         try:
-            self._set_tap(key, replace(tap, master=-1))  # where it is now is unknown
-            await self._replug(key, port, vlan)  # as a move from nowhere: down, enslaved, tagged, up
-            self._set_tap(key, tap)
+            await self._plug(tap, port, vlan, moving=True)  # where a failure left it is unknown
         except Exception:
             log.exception("could not put tap %s back on %s; the next reconcile will", tap.name, port.name)
 
@@ -747,11 +735,29 @@ class Engine:
         if subnet and wanted not in ipam.IPv4Network(subnet):
             raise E.AddressUnavailable(f"ip: {wanted} is outside the network's subnet {subnet}")
 
-    def _attach_settled(self, key: tuple[str, int]) -> None:
-        if self._attaching[key] == 1:
-            del self._attaching[key]
-        else:
-            self._attaching[key] -= 1
+    @contextlib.contextmanager
+    def _joining(self, bridge: str, vlan: int):
+        """While an AttachVm or MoveVm joins the (bridge, VLAN) network, it
+        counts as in use: a DeleteNetwork cannot take a network the call has
+        just found or made. Yields settle(), to call once the call's own
+        registry change counts the VM (counted twice, a DeleteNetwork
+        meanwhile would say one VM too many); it is called at the end anyway."""
+        key = (bridge, vlan)
+        self._attaching[key] = self._attaching.get(key, 0) + 1
+        counted = True
+
+        def settle() -> None:
+            nonlocal counted
+            if counted:
+                counted = False
+                if self._attaching[key] == 1:
+                    del self._attaching[key]
+                else:
+                    self._attaching[key] -= 1
+        try:
+            yield settle
+        finally:
+            settle()
 
     def _check_room(self, bridge: str) -> None:
         """Every attached VM NIC must be able to start: a bridge holds 1,023
