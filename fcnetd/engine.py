@@ -703,6 +703,7 @@ class Engine:
             if tap.up:
                 await self.netlink.set_down(tap.index, dev)
             await self.netlink.set_master(tap.index, port.index, dev, port.name)
+            faultpoint.reached("move.enslaved")
         if port.vlan_filtering:
             await self.netlink.set_port_vlans(tap.index, {vlan or port.default_pvid: {"pvid", "untagged"}}, dev)
         if moving and tap.up:

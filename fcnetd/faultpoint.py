@@ -32,6 +32,8 @@ POINTS = (
     # engine.Engine
     "detach.tap-deleted",      # DetachVm: the TAP is gone, the attachment not yet
     "reconcile.dumped",        # reconcile read the kernel and changed nothing yet
+    "move.enslaved",           # MoveVm to another bridge: the TAP set down and on the new bridge, not
+                               # yet in its VLAN nor up again (reconcile puts it back, and up)
     "move.replugged",          # MoveVm: the TAP is on its new bridge and VLAN, the registry still
                                # has the old network (reconcile puts the TAP back)
     # nat networks (engine.Engine and nat.NatPlane, in the order of their

@@ -7,6 +7,8 @@ the kernel tier moves a VM from VLAN 10 to VLAN 20 on one bridge."""
 
 import signal
 
+import pytest
+
 from fcnetd.registry import read_registry
 
 from .guestnet import guests  # noqa: F401 (fixture)
@@ -66,11 +68,13 @@ def test_a_move_refused_leaves_the_vm_where_it_was(daemon, client, guests):
         vms(client, "fcbr1") == []
 
 
-def test_killed_after_the_replug_the_restart_puts_the_tap_back_where_the_registry_has_it(
-        ns, bus, tmp_path, config, client, guests, monkeypatch):
-    """Fault point move.replugged: the TAP is on the new bridge, the registry
-    still has the old network. After the restart the VM is where the
-    registry says, its TAP back on that bridge, the VMM's fd untouched."""
+@pytest.mark.parametrize("point", ["move.enslaved", "move.replugged"])
+def test_killed_during_the_move_the_restart_puts_the_tap_back_where_the_registry_has_it(
+        point, ns, bus, tmp_path, config, client, guests, monkeypatch):
+    """Fault points move.enslaved (the TAP down on the new bridge) and
+    move.replugged (up there): the registry still has the old network.
+    After the restart the VM is where the registry says, its TAP back on
+    that bridge and up, the VMM's fd untouched."""
     state = str(tmp_path / "state")
     d = Daemon(ns, bus, state, config).start()
     try:
@@ -78,17 +82,18 @@ def test_killed_after_the_replug_the_restart_puts_the_tap_back_where_the_registr
         _, c = start(client, guests, "vm-c", "fcbr0", C)
         start(client, guests, "vm-b", "fcbr1", B)
         d.stop()
-        monkeypatch.setenv("FCNETD_FAULT_POINT", "move.replugged:1")
+        monkeypatch.setenv("FCNETD_FAULT_POINT", f"{point}:1")
         d.start()
         monkeypatch.delenv("FCNETD_FAULT_POINT")
         client.error("MoveVm", "sssqa{sv}", "vm-a", "eth0", "fcbr1", 0, {})  # no answer: the daemon is killed
-        wait_for(lambda: d.proc.poll() is not None, what="the daemon killed at move.replugged")
+        wait_for(lambda: d.proc.poll() is not None, what=f"the daemon killed at {point}")
         assert d.proc.returncode == -signal.SIGKILL
         assert ns.link(tap).get("master") == "fcbr1", "killed after the replug, before the commit"
         snap, _ = read_registry(state)
         assert snap.networks[snap.attachments[("vm-a", "eth0")].network_id].bridge == "fcbr0"
         d.start()
-        wait_for(lambda: ns.link(tap).get("master") == "fcbr0", what="the TAP back on fcbr0")
+        wait_for(lambda: ns.link(tap).get("master") == "fcbr0" and "UP" in ns.link(tap)["flags"],
+                 what="the TAP back on fcbr0, and up")
         assert vms(client, "fcbr0") == ["vm-a", "vm-c"]
         assert a.relay.poll() is None and a.ping(C)
     finally:
