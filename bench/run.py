@@ -21,6 +21,7 @@ from common import (Client, Figure, Pool, Sandbox, WireClient, bounded_gather, d
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
+from fcnetd import schema  # noqa: E402
 from fcnetd.model import Attachment, Network  # noqa: E402
 from fcnetd.registry import Registry, serialize  # noqa: E402
 
@@ -233,7 +234,7 @@ async def bench_list(figures, workdir):
         sb.start()
         wire = WireClient(sb.bus.address)
         entries = decode(wire.m("ListNetworks", "a{sv}", {})).body[0]
-        if len(entries) != 4094 or len(entries[0]) != 12:
+        if len(entries) != 4094 or len(entries[0]) != len(schema.LISTED):
             raise RuntimeError(f"ListNetworks returned {len(entries)} entries of {len(entries[0])} keys")
         count = [wire.timed("CountNetworks", "a{sv}", {}) for _ in range(30)]
         received = [wire.timed("ListNetworks", "a{sv}", {}) for _ in range(30)]
