@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -95,6 +96,7 @@ class Daemon:
         self.manager = manager
         self.engine.on_drift = manager.drift_detected
         await self.netlink.open()
+        await self.engine.nat.use_systemd(self.conn)
         # Subscribed before the kernel is read, so no change made meanwhile is lost.
         monitor = LinkMonitor().open()
         # Calls that arrive once the name is ours wait at the engine's gate
@@ -133,6 +135,10 @@ class Daemon:
         from .metrics import MetricsServer, Refresher
         if self.config.metrics != "off":
             host, port = configmod.parse_listen(self.config.metrics, "metrics")
+            if os.environ.get("INVOCATION_ID") and not _loopback(host):
+                # The shipped unit's IPAddressDeny= would drop a scraper's packets without a word.
+                log.warning("metrics listen on %s: fcnetd.service allows IP only with localhost and private "
+                            "ranges (IPAddressAllow=); a scraper elsewhere needs a drop-in allowing it", host)
             self.metrics = MetricsServer(host, port)
             self.metrics.start()
         self.refresher = Refresher(self, self.metrics.exposition if self.metrics else None)
@@ -273,6 +279,13 @@ class Daemon:
         self.registry.close()
         self.audit.close()
         self.lock.release()
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"  # any other name may resolve anywhere
 
 
 def main(argv=None) -> int:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
 from . import dhcpprobe, dnsmasq
+from .dnsmasq_unit import unit_name
 from .errors import FcnetError, InvalidArgs, NoSuchVm
 from .model import check_id, check_nic, parse_tap_tag
 from .nat import IP_FORWARD, gateway_interface, l3_port
@@ -164,10 +165,8 @@ async def gather(engine, nets, atts) -> Facts:
         forward = _read_text(IP_FORWARD)
         facts.forwarding = None if forward is None else forward.strip() == "1"
         for net in nat:
-            pidfile = dnsmasq.path(plane.directory, net.id, ".pid")
             leasefile = dnsmasq.path(plane.directory, net.id, ".leases")
-            owner = dnsmasq.owner_argv(pidfile, leasefile)
-            facts.dnsmasq[net.id] = owner[0] if owner else None
+            facts.dnsmasq[net.id] = await plane.dnsmasq_pid(net)
             facts.leases[net.id] = dnsmasq.parse_leases(_read_text(leasefile) or "")
     if plane is not None:
         try:
@@ -312,8 +311,8 @@ def nat_checks(net, facts: Facts) -> list[Check]:
             out.append(Check("nat.dnsmasq", OK, f"fcnetd's dnsmasq for this network runs (pid {pid})"))
         else:
             out.append(Check("nat.dnsmasq", FAIL, "no dnsmasq of fcnetd's serves this network: VMs get no address",
-                             "fcnetd restarts a dnsmasq that exits; if it keeps failing, its reason is in fcnetd's "
-                             f"log (journalctl -u fcnetd). {RELOAD}"))
+                             "A dnsmasq that exits is started again; if it keeps failing, its reason is in the "
+                             f"journal (journalctl -u fcnetd -u {unit_name(net.id)}). {RELOAD}"))
     missing = _rules_missing(net, facts.table)
     if facts.table is None:
         out.append(Check("nat.firewall", FAIL, "the nft table inet fcnetd does not exist",

@@ -1,15 +1,20 @@
-"""One supervised dnsmasq (Debian's dnsmasq-base) per nat network with DHCP:
-a static lease for each attached VM and nothing for anyone else, DNS
-forwarded to the host's resolvers (/etc/resolv.conf), bound to the
-network's L3 port only.
+"""One dnsmasq (Debian's dnsmasq-base) per nat network with DHCP: a static
+lease for each attached VM and nothing for anyone else, DNS forwarded to
+the host's resolvers (/etc/resolv.conf), bound to the network's L3 port
+only.
 
 Files, in <state_dir>/nat/, per network id: `<id>.hosts` (MAC,address
 lines; written by fcnetd, re-read by dnsmasq on SIGHUP), `<id>.leases`
-(dnsmasq's), `<id>.pid`. A process is fcnetd's if its pid is in that
-pidfile and /proc/PID/cmdline is dnsmasq with `--dhcp-leasefile=` that
-network's leases file, so one left running by a killed daemon is adopted,
-and one whose network is gone is reaped.
+(dnsmasq's), `<id>.pid`, and `<id>.conf` where it runs as a unit.
 
+Where it runs: under systemd, as a unit of its own,
+fcnetd-dnsmasq@<id>.service (dnsmasq_unit.py), so that its privileges
+(binding ports 53 and 67, dropping to user dnsmasq) are not fcnetd's and
+systemd supervises it. Elsewhere (the demo, the tests, a host without that
+unit file) as fcnetd's child (ChildDnsmasq below): a process is fcnetd's if
+its pid is in the pidfile and /proc/PID/cmdline is dnsmasq with
+`--dhcp-leasefile=` that network's leases file, so one left running by a
+killed daemon is adopted, and one whose network is gone is reaped.
 Supervision is by pidfd (os.pidfd_open), which works for a process fcnetd
 started and for an adopted one alike; its own children are reaped at
 their exit, so none lingers as a zombie. A dnsmasq that dies is started
@@ -53,7 +58,7 @@ USER = "dnsmasq"
 # lease only spares a VM renewals, and keeps its address while fcnetd (and
 # so its dnsmasq) is stopped for a while.
 LEASE_TIME = "12h"
-SUFFIXES = (".hosts", ".leases", ".pid")
+SUFFIXES = (".hosts", ".leases", ".pid", ".conf")  # .conf: a unit's (dnsmasq_unit.py)
 START_SECONDS = 10.0  # from spawn to its pidfile: dnsmasq takes ~30 ms
 STOP_SECONDS = 5.0  # from SIGTERM to SIGKILL
 HEALTHY_SECONDS = 30.0  # a process that lived this long restarts at once when it dies
@@ -74,27 +79,33 @@ def path(directory: str, network_id: str, suffix: str) -> str:
     return os.path.join(directory, network_id + suffix)
 
 
-def command(directory: str, network_id: str, port: str, subnet: IPv4Network, gateway: IPv4Address,
+def options(directory: str, network_id: str, port: str, subnet: IPv4Network, gateway: IPv4Address,
             user_name: str, group_name: str) -> list[str]:
+    """What a network's dnsmasq serves, as long options without their
+    dashes: a command line's arguments, or a conf file's lines."""
     return [
-        DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", "--bind-interfaces",
-        f"--interface={port}", "--except-interface=lo", f"--listen-address={gateway}",
-        f"--dhcp-range={subnet.network_address},static,{subnet.netmask},{LEASE_TIME}",
+        "bind-interfaces", f"interface={port}", "except-interface=lo", f"listen-address={gateway}",
+        f"dhcp-range={subnet.network_address},static,{subnet.netmask},{LEASE_TIME}",
         # dnsmasq's default of 1,000 leases is fewer than a bridge's 1,023 ports
-        f"--dhcp-lease-max={subnet.num_addresses}",
-        f"--dhcp-hostsfile={path(directory, network_id, '.hosts')}",
-        f"--dhcp-leasefile={path(directory, network_id, '.leases')}",
-        f"--pid-file={path(directory, network_id, '.pid')}",
-        "--dhcp-authoritative", "--no-hosts",
+        f"dhcp-lease-max={subnet.num_addresses}",
+        f"dhcp-hostsfile={path(directory, network_id, '.hosts')}",
+        f"dhcp-leasefile={path(directory, network_id, '.leases')}",
+        f"pid-file={path(directory, network_id, '.pid')}",
+        "dhcp-authoritative", "no-hosts",
         # A VM's DHCP hostname puts no name in the host's DNS.
-        "--dhcp-ignore-names",
+        "dhcp-ignore-names",
         # Neither plain names nor reverse lookups of private ranges (the
         # network's own among them) leave the host.
-        "--domain-needed", "--bogus-priv",
-        f"--user={user_name}", f"--group={group_name}",
-        # Its log (each DHCP exchange, its errors) joins fcnetd's on stderr.
-        "--log-facility=-",
+        "domain-needed", "bogus-priv",
+        f"user={user_name}", f"group={group_name}",
     ]
+
+
+def command(settings: list[str]) -> list[str]:
+    """The command line of a dnsmasq that is fcnetd's child."""
+    # Its log (each DHCP exchange, its errors) joins fcnetd's on stderr.
+    return [DNSMASQ, "--keep-in-foreground", "--conf-file=/dev/null", *(f"--{o}" for o in settings),
+            "--log-facility=-"]
 
 
 def hosts_text(hosts: Mapping[str, str]) -> str:
@@ -208,21 +219,19 @@ def prepare_directory(state_dir: str, directory: str, runs_as: pwd.struct_passwd
 
 
 class Dnsmasq:
-    """The dnsmasq of one nat network: started or adopted, supervised,
-    told of lease changes, stopped."""
+    """The dnsmasq of one nat network: its files, and its static leases
+    kept current. How the process runs (fcnetd's child, or a systemd unit
+    of its own) is a subclass's: ChildDnsmasq here, UnitDnsmasq in
+    dnsmasq_unit.py."""
 
     def __init__(self, state_dir: str, directory: str, network_id: str, name: str, port: str,
                  subnet: IPv4Network, gateway: IPv4Address):
-        self.state_dir, self.directory, self.name = state_dir, directory, name
+        self.state_dir, self.directory, self.network_id, self.name = state_dir, directory, network_id, name
         self.port, self.gateway = port, str(gateway)
         self.runs_as, group = user()
-        self.argv = command(directory, network_id, port, subnet, gateway, self.runs_as.pw_name, group)
-        self.hosts_file, self.lease_file, self.pid_file = (path(directory, network_id, s) for s in SUFFIXES)
+        self.options = options(directory, network_id, port, subnet, gateway, self.runs_as.pw_name, group)
+        self.hosts_file, self.lease_file, self.pid_file = (path(directory, network_id, s) for s in SUFFIXES[:3])
         self.restarts = 0
-        self.pid: int | None = None
-        self._proc: subprocess.Popen | None = None  # when it is our own child
-        self._pidfd: int | None = None
-        self._supervisor: asyncio.Task | None = None
         self._lock = asyncio.Lock()  # one start or hosts update at a time
         self._hosts: dict[str, str] = {}
         self._released: list[tuple[str, str]] = []
@@ -233,23 +242,154 @@ class Dnsmasq:
         self._written: str | None = None  # the hosts file as last written, None if unknown
         self._sweep = False  # look for leases no reservation backs at the next update
 
+    # -- how the process runs: the subclass's -------------------------------
+    settings: object  # what it runs with: another value means it must start anew
+
+    async def start(self, hosts: Mapping[str, str]) -> None:
+        """Starts it with these static leases; Internal if it does not
+        come up (then nothing is left running)."""
+        raise NotImplementedError
+
+    async def adopt(self, hosts: Mapping[str, str]) -> str:
+        """Takes over the one running for this network since before this
+        daemon started: "adopted" (kept, told of `hosts`), "replaced" (it
+        ran with other settings, so it was started anew), or "" (none)."""
+        raise NotImplementedError
+
+    async def stop(self) -> None:
+        """Stops it (leases stay on disk); a lease update still in flight
+        finishes first, and later ones only answer their callers."""
+        raise NotImplementedError
+
+    def retry(self) -> None:
+        """After a failed start(): starts it again later."""
+        raise NotImplementedError
+
+    async def live_pid(self) -> int | None:
+        """The pid serving the network now, asked afresh; None if none."""
+        raise NotImplementedError
+
+    async def _reload(self) -> bool:
+        """SIGHUP: re-read the hosts file. False if it is not running (it
+        reads the file when it starts)."""
+        raise NotImplementedError
+
+    # -- files ----------------------------------------------------------------
+    def remove_files(self) -> None:
+        for suffix in SUFFIXES:
+            _unlink(path(self.directory, self.network_id, suffix))
+
+    def _prepare_files(self) -> None:
+        _unlink(self.pid_file)  # a stale one must not pass for the new process's
+        prepare_directory(self.state_dir, self.directory, self.runs_as)
+        self._written = hosts_text(self._hosts)
+        write_file(self.hosts_file, self._written, 0o644)
+        try:
+            with open(self.lease_file) as f:
+                leases = f.read()
+        except FileNotFoundError:
+            leases = ""
+        if stale_leases(leases, self._hosts):
+            write_file(self.lease_file, prune_leases(leases, self._hosts), 0o644)
+
+    def _files_ready(self) -> None:
+        """_prepare_files, with its failure said as the network's."""
+        try:
+            self._prepare_files()
+        except OSError as e:
+            raise Internal(f"dnsmasq for network {self.name}: cannot prepare its files in {self.directory}: "
+                           f"{e.strerror}") from e
+
+    # -- static leases ------------------------------------------------------
+    async def update(self, hosts: Mapping[str, str], released: Iterable[tuple[str, str]] = ()) -> None:
+        """Makes `hosts` (MAC -> address) its static leases and ends the
+        leases in `released` ((MAC, address) of detached VMs) and any other
+        lease no static lease backs, so their addresses can go to the next
+        VM at once. Calls that overlap share one hosts-file write and one
+        SIGHUP; returns once dnsmasq has been told (or, if it is down,
+        once the file is written: it reads it at its start)."""
+        self._hosts = dict(hosts)
+        self._released.extend(released)
+        if self._next is None:
+            self._next = asyncio.get_running_loop().create_future()
+            task = asyncio.ensure_future(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        await asyncio.shield(self._next)
+
+    async def _flush(self) -> None:
+        async with self._lock:
+            done, self._next = self._next, None
+            released, self._released = self._released, []
+            try:
+                if not self._stopped:
+                    await self._tell(released)
+            except OSError as e:
+                log.error("dnsmasq of network %s: cannot update its static leases: %s", self.name, e)
+            finally:
+                done.set_result(None)
+
+    async def _tell(self, released: list[tuple[str, str]]) -> None:
+        # A VM start costs a file write and a signal: nothing is read back.
+        text = hosts_text(self._hosts)
+        changed = text != self._written
+        if changed:
+            write_file(self.hosts_file, text, 0o644)
+            self._written = text
+            faultpoint.reached("dnsmasq.hosts-written")
+        if changed or self._reread:
+            if not await self._reload():
+                return  # down: it reads the file, its stale leases pruned, when it starts
+            self._reread = False
+        if released or self._sweep:
+            # Also any lease no reservation backs: one whose release a
+            # killed daemon never sent (the sweep after an adoption).
+            self._sweep = False
+            try:
+                with open(self.lease_file) as f:
+                    released = released + stale_leases(f.read(), self._hosts)
+            except FileNotFoundError:
+                pass
+        if released:
+            self._release(dict.fromkeys((mac.lower(), ip) for mac, ip in released))
+
+    def _release(self, leases: Iterable[tuple[str, str]]) -> None:
+        # Sent from the host to the gateway with the socket bound to the L3
+        # port: the kernel delivers it through lo yet reports the bound
+        # port as where it came in, which is where dnsmasq looks for it.
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.port.encode())
+            for mac, ip in leases:
+                sock.sendto(release_packet(mac, ip, self.gateway), (self.gateway, 67))
+
+    # -- metrics ------------------------------------------------------------
+    def lease_count(self) -> int:
+        return count_leases(self.lease_file)
+
+
+class ChildDnsmasq(Dnsmasq):
+    """A dnsmasq that is fcnetd's own child (where no systemd manages
+    units: the demo, the tests, a host without the unit file), supervised
+    by pidfd and adopted after a crash by its pidfile and exact argv."""
+
+    def __init__(self, *args) -> None:
+        super().__init__(*args)
+        self.argv = self.settings = command(self.options)
+        self.pid: int | None = None
+        self._proc: subprocess.Popen | None = None  # when it is our own child
+        self._pidfd: int | None = None
+        self._supervisor: asyncio.Task | None = None
+
     def __repr__(self) -> str:
         return f"dnsmasq of network {self.name} (pid {self.pid})"
 
-    # -- start, adopt, stop -------------------------------------------------
     async def start(self, hosts: Mapping[str, str]) -> None:
-        """Starts it with these static leases and supervises it; Internal
-        if it does not come up (then nothing is left running)."""
         self._hosts = dict(hosts)
         async with self._lock:
             await self._spawn()
         self._supervise()
 
     async def adopt(self, hosts: Mapping[str, str]) -> str:
-        """Takes over the process a killed daemon left running for this
-        network: "adopted" (kept and supervised, told of `hosts`),
-        "replaced" (ours but started with other arguments, so stopped and
-        started anew), or "" (none running)."""
         found = owner_argv(self.pid_file, self.lease_file)
         if found is None:
             return ""
@@ -277,9 +417,6 @@ class Dnsmasq:
         return "adopted"
 
     async def stop(self) -> None:
-        """Stops the process (leases stay on disk) and its supervision; a
-        lease update still in flight finishes first, and later ones only
-        answer their callers."""
         self._stopped = True
         if self._supervisor is not None:
             self._supervisor.cancel()
@@ -291,29 +428,21 @@ class Dnsmasq:
         async with self._lock:
             await self._terminate()
 
-    def remove_files(self) -> None:
-        for file in (self.hosts_file, self.lease_file, self.pid_file):
-            _unlink(file)
+    async def live_pid(self) -> int | None:
+        found = owner_argv(self.pid_file, self.lease_file)
+        return found[0] if found else None
 
-    def _prepare_files(self) -> None:
-        _unlink(self.pid_file)  # a stale one must not pass for the new process's
-        prepare_directory(self.state_dir, self.directory, self.runs_as)
-        self._written = hosts_text(self._hosts)
-        write_file(self.hosts_file, self._written, 0o644)
+    async def _reload(self) -> bool:
+        if self._pidfd is None:
+            return False
         try:
-            with open(self.lease_file) as f:
-                leases = f.read()
-        except FileNotFoundError:
-            leases = ""
-        if stale_leases(leases, self._hosts):
-            write_file(self.lease_file, prune_leases(leases, self._hosts), 0o644)
+            signal.pidfd_send_signal(self._pidfd, signal.SIGHUP)
+        except ProcessLookupError:
+            return False  # it died: its supervisor starts it again, and it reads the file then
+        return True
 
     async def _spawn(self) -> None:
-        try:
-            self._prepare_files()
-        except OSError as e:
-            raise Internal(f"dnsmasq for network {self.name}: cannot prepare its files in {self.directory}: "
-                           f"{e.strerror}") from e
+        self._files_ready()
         try:
             # A session of its own: a signal meant for the daemon's process
             # group (a Ctrl-C) does not stop the network's DHCP with it.
@@ -360,8 +489,7 @@ class Dnsmasq:
         self._supervisor = asyncio.ensure_future(self._watch(failures))
 
     def retry(self) -> None:
-        """After a failed start(): starts it again after a delay, growing
-        while it keeps failing, as after a death."""
+        # As after a death: after a delay, growing while it keeps failing.
         self._supervise(failures=1)
 
     async def _watch(self, failures: int) -> None:
@@ -383,76 +511,6 @@ class Dnsmasq:
                     await self._spawn()
             except FcnetError as e:
                 log.error("%s; trying again in %.1f s", e, _backoff(failures))
-
-    # -- static leases ------------------------------------------------------
-    async def update(self, hosts: Mapping[str, str], released: Iterable[tuple[str, str]] = ()) -> None:
-        """Makes `hosts` (MAC -> address) its static leases and ends the
-        leases in `released` ((MAC, address) of detached VMs) and any other
-        lease no static lease backs, so their addresses can go to the next
-        VM at once. Calls that overlap share one hosts-file write and one
-        SIGHUP; returns once dnsmasq has been told (or, if it is down,
-        once the file is written: it reads it at its start)."""
-        self._hosts = dict(hosts)
-        self._released.extend(released)
-        if self._next is None:
-            self._next = asyncio.get_running_loop().create_future()
-            task = asyncio.ensure_future(self._flush())
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-        await asyncio.shield(self._next)
-
-    async def _flush(self) -> None:
-        async with self._lock:
-            done, self._next = self._next, None
-            released, self._released = self._released, []
-            try:
-                if not self._stopped:
-                    self._tell(released)
-            except OSError as e:
-                log.error("dnsmasq of network %s: cannot update its static leases: %s", self.name, e)
-            finally:
-                done.set_result(None)
-
-    def _tell(self, released: list[tuple[str, str]]) -> None:
-        # A VM start costs a file write and a signal: nothing is read back.
-        text = hosts_text(self._hosts)
-        changed = text != self._written
-        if changed:
-            write_file(self.hosts_file, text, 0o644)
-            self._written = text
-            faultpoint.reached("dnsmasq.hosts-written")
-        if self._pidfd is None:
-            return
-        if changed or self._reread:
-            self._reread = False
-            try:
-                signal.pidfd_send_signal(self._pidfd, signal.SIGHUP)
-            except ProcessLookupError:
-                return  # it died: its supervisor starts it again, and it reads the file then
-        if released or self._sweep:
-            # Also any lease no reservation backs: one whose release a
-            # killed daemon never sent (the sweep after an adoption).
-            self._sweep = False
-            try:
-                with open(self.lease_file) as f:
-                    released = released + stale_leases(f.read(), self._hosts)
-            except FileNotFoundError:
-                pass
-        if released:
-            self._release(dict.fromkeys((mac.lower(), ip) for mac, ip in released))
-
-    def _release(self, leases: Iterable[tuple[str, str]]) -> None:
-        # Sent from the host to the gateway with the socket bound to the L3
-        # port: the kernel delivers it through lo yet reports the bound
-        # port as where it came in, which is where dnsmasq looks for it.
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, self.port.encode())
-            for mac, ip in leases:
-                sock.sendto(release_packet(mac, ip, self.gateway), (self.gateway, 67))
-
-    # -- metrics ------------------------------------------------------------
-    def lease_count(self) -> int:
-        return count_leases(self.lease_file)
 
 
 def count_leases(lease_file: str) -> int:

@@ -23,8 +23,9 @@ import os
 from collections.abc import Iterable, Mapping
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 
-from . import dnsmasq, faultpoint
-from .dnsmasq import Dnsmasq
+from . import dnsmasq, dnsmasq_unit, faultpoint
+from .dnsmasq import ChildDnsmasq, Dnsmasq
+from .dnsmasq_unit import UnitDnsmasq
 from .errors import FcnetError, Internal
 from .firewall import Firewall, NatNet, counter_names
 from .netlink import FCNETD_ADDRESS_PROTO, BridgeState, Device, Netlink
@@ -73,6 +74,7 @@ class NatPlane:
         self._firewall: Firewall | None = None  # libnftables is loaded once a nat network needs it
         self._networks: dict[str, object] = {}  # the nat networks set up, by id
         self._dnsmasq: dict[str, Dnsmasq] = {}  # by network id
+        self._systemd = None  # where each dnsmasq is a unit of its own (use_systemd)
         # converge's repairs, for the audit trail (the engine sets it: Engine.on_change)
         self.report = lambda action, **about: None
 
@@ -89,9 +91,28 @@ class NatPlane:
              if n.mode == "nat"],
             [IPv4Network(n.subnet) for n in networks if n.subnet])
 
+    async def use_systemd(self, conn) -> None:
+        """Before the first reconcile: each dnsmasq a unit of its own where
+        systemd can run it, else fcnetd's child (dnsmasq_unit.py says why)."""
+        self._systemd = await dnsmasq_unit.attach(conn, self.directory)
+        log.info("nat networks' dnsmasq: %s", f"one unit each, {dnsmasq_unit.TEMPLATE}" if self._systemd
+                 else "fcnetd's child processes (no systemd with fcnetd's dnsmasq unit on this bus)")
+
     def _new_dnsmasq(self, net) -> Dnsmasq:
-        return Dnsmasq(self.state_dir, self.directory, net.id, net.name, l3_port(net), IPv4Network(net.subnet),
-                       IPv4Address(net.gateway))
+        where = (self.state_dir, self.directory, net.id, net.name, l3_port(net), IPv4Network(net.subnet),
+                 IPv4Address(net.gateway))
+        return UnitDnsmasq(self._systemd, *where) if self._systemd else ChildDnsmasq(*where)
+
+    async def _reap_network(self, network_id: str) -> None:
+        if self._systemd:
+            await dnsmasq_unit.reap_network(self._systemd, self.directory, network_id)
+        else:
+            await dnsmasq.reap_network(self.directory, network_id)
+
+    async def dnsmasq_pid(self, net) -> int | None:
+        """The pid of the dnsmasq serving the network now, asked afresh."""
+        server = self._dnsmasq.get(net.id) or self._new_dnsmasq(net)
+        return await server.live_pid()
 
     async def _port_index(self, net, bridge: BridgeState) -> tuple[int, bool]:
         """The L3 port's index, and whether it was made now."""
@@ -159,7 +180,7 @@ class NatPlane:
                 await server.stop()
                 server.remove_files()
             else:
-                await dnsmasq.reap_network(self.directory, net.id)
+                await self._reap_network(net.id)
         except Exception:
             log.exception("nat network %s: stopping its dnsmasq failed; reconcile will", net.name)
         try:
@@ -289,7 +310,7 @@ class NatPlane:
         for network_id, net in served.items():
             hosts = _hosts(attachments_by_network.get(network_id, ()))
             server = self._dnsmasq.get(network_id)
-            if server is not None and server.argv != self._new_dnsmasq(net).argv:
+            if server is not None and server.settings != self._new_dnsmasq(net).settings:
                 # A hand edit gave the network another subnet (or port):
                 # the running one serves the old range.
                 log.warning("%r serves what network %s was; starting it anew", server, net.name)
@@ -321,7 +342,8 @@ class NatPlane:
                 counts["error"] += 1
                 server.retry()
         kept = {i for i, n in nat.items() if n.dhcp}  # a missing bridge's network keeps its leases
-        counts["reaped"] += len(await dnsmasq.reap(self.directory, kept))
+        reaped = set(await dnsmasq_unit.reap(self._systemd, kept)) if self._systemd else set()
+        counts["reaped"] += len(reaped | set(await dnsmasq.reap(self.directory, kept)))
 
     def _repaired(self, net, what: str) -> None:
         self.report("drift-repaired", by_daemon=True, network=net, repaired=what)

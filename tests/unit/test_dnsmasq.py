@@ -10,7 +10,7 @@ from ipaddress import IPv4Address, IPv4Network
 
 import pytest
 
-from fcnetd import dnsmasq
+from fcnetd import dnsmasq, dnsmasq_unit
 from fcnetd.errors import Internal
 
 LEASES = (
@@ -21,8 +21,8 @@ LEASES = (
 
 
 def test_the_command_line_binds_one_port_and_serves_static_leases_only():
-    argv = dnsmasq.command("/s/nat", "net-1", "fcbr0", IPv4Network("10.213.0.0/24"), IPv4Address("10.213.0.1"),
-                           "dnsmasq", "nogroup")
+    argv = dnsmasq.command(dnsmasq.options("/s/nat", "net-1", "fcbr0", IPv4Network("10.213.0.0/24"),
+                                           IPv4Address("10.213.0.1"), "dnsmasq", "nogroup"))
     assert argv[0] == "/usr/sbin/dnsmasq"
     for arg in ("--keep-in-foreground", "--conf-file=/dev/null", "--bind-interfaces", "--interface=fcbr0",
                 "--except-interface=lo", "--listen-address=10.213.0.1",
@@ -31,6 +31,18 @@ def test_the_command_line_binds_one_port_and_serves_static_leases_only():
                 "--no-hosts", "--user=dnsmasq", "--group=nogroup", "--dhcp-lease-max=256"):
         assert arg in argv
     assert not [a for a in argv if a.startswith(("--no-resolv", "--port"))], "DNS must forward to the host's resolvers"
+
+
+def test_a_units_conf_file_holds_the_same_settings_as_the_childs_command_line():
+    settings = dnsmasq.options("/s/nat", "net-1", "fcbr0", IPv4Network("10.213.0.0/24"), IPv4Address("10.213.0.1"),
+                               "dnsmasq", "nogroup")
+    conf = dnsmasq_unit.conf_text(settings).splitlines()
+    argv = dnsmasq.command(settings)
+    assert [f"--{line}" for line in conf] == [a for a in argv if a[2:] in conf]
+    assert "dhcp-leasefile=/s/nat/net-1.leases" in conf and "user=dnsmasq" in conf
+    # What only a child needs: a unit's dnsmasq forks (Type=forking) and logs to the journal.
+    assert not [line for line in conf if line.startswith(("keep-in-foreground", "log-facility", "conf-file"))]
+    assert dnsmasq_unit.unit_name("9b2f") == "fcnetd-dnsmasq@9b2f.service"
 
 
 def test_the_hosts_file_is_one_sorted_line_per_vm_in_lower_case():

@@ -49,7 +49,7 @@ def fake(tmp_path, monkeypatch):
 
 def server(tmp: "os.PathLike") -> dnsmasq.Dnsmasq:
     state = os.path.join(tmp, "state")
-    return dnsmasq.Dnsmasq(state, os.path.join(state, "nat"), "net-1", "fcbr0", "fcbr0",
+    return dnsmasq.ChildDnsmasq(state, os.path.join(state, "nat"), "net-1", "fcbr0", "fcbr0",
                            IPv4Network("10.213.0.0/24"), IPv4Address("10.213.0.1"))
 
 

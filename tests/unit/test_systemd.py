@@ -1,4 +1,6 @@
-"""The units are hardened at least like systemd-networkd's (exposure <= 3)."""
+"""The units' exposure, offline (the systemd tier scores them installed):
+issue 11's targets for fcnetd (2.0) and the web UI (1.0); a nat network's
+dnsmasq unit at most what it is now."""
 
 import re
 import shutil
@@ -10,7 +12,10 @@ import pytest
 UNITS = Path(__file__).parents[2] / "systemd"
 
 
-@pytest.mark.parametrize("unit", ["fcnetd.service", "fcnetd-webui.service"])
+CEILING = {"fcnetd.service": 2.0, "fcnetd-webui.service": 1.0, "fcnetd-dnsmasq@.service": 2.7}
+
+
+@pytest.mark.parametrize("unit", sorted(CEILING))
 def test_exposure_level(unit):
     if shutil.which("systemd-analyze") is None:
         pytest.fail("systemd-analyze is missing (Debian package systemd)")
@@ -18,7 +23,7 @@ def test_exposure_level(unit):
                          capture_output=True, text=True)
     m = re.search(r"Overall exposure level for \S+: ([0-9.]+)", res.stdout)
     assert m, res.stdout + res.stderr
-    assert float(m.group(1)) <= 3.0, res.stdout
+    assert float(m.group(1)) <= CEILING[unit], res.stdout
 
 
 def test_daemon_unit_is_notify_with_watchdog():
