@@ -74,6 +74,7 @@ READ_CALLS = frozenset({
 })
 MANAGE_CALLS = frozenset({
     (MANAGER_IFACE, "CreateNetwork"), (MANAGER_IFACE, "EnsureNetwork"), (MANAGER_IFACE, "DeleteNetwork"),
+    (MANAGER_IFACE, "DeleteNetworkWithOptions"), (MANAGER_IFACE, "Reload"),
     (MANAGER_IFACE, "AttachVm"), (MANAGER_IFACE, "MoveVm"), (MANAGER_IFACE, "DetachVm"),
     (MANAGER_IFACE, "CreateTap"), (MANAGER_IFACE, "DeleteTap"), (NETWORK_IFACE, "Delete"),
     # They read, but ProbeDhcp plugs a port into a bridge for a moment, and

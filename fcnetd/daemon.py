@@ -20,7 +20,7 @@ from .access import AccessGate
 from .audit import Audit
 from .bus import connect, request_name
 from .engine import Engine
-from .errors import FcnetError
+from .errors import ConfigInvalid, FcnetError
 from .names import BUS_NAME
 from .nat import NatPlane
 from .netlink import LinkEvent, LinkMonitor, Netlink, bridge_state_of
@@ -95,6 +95,7 @@ class Daemon:
         manager.install_fast_paths()  # after the gate: it checks callers first
         self.manager = manager
         self.engine.on_drift = manager.drift_detected
+        manager.reload_config = self.reload
         await self.netlink.open()
         await self.engine.nat.use_systemd(self.conn)
         # Subscribed before the kernel is read, so no change made meanwhile is lost.
@@ -121,7 +122,7 @@ class Daemon:
             self.watcher.watch(self.config.path)
         self._spawn(monitor.run(self._link_event))
         self._spawn(self._bus_lost())
-        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self.reload()))
+        loop.add_signal_handler(signal.SIGHUP, lambda: self._spawn(self._reload_quietly("SIGHUP")))
         loop.add_signal_handler(signal.SIGTERM, self.stopping.set)
         loop.add_signal_handler(signal.SIGINT, self.stopping.set)
         await self.gate.settled()  # the log has said who authorizes before it says ready
@@ -156,25 +157,38 @@ class Daemon:
 
     # -- reload and watching ----------------------------------------------------
     async def reload(self, trigger: str = "SIGHUP") -> None:
-        """SIGHUP or a config write. Serialized, and always ends in READY=1
-        with a STATUS= line, whatever happened."""
+        """SIGHUP, a config write or the Reload call. Serialized, and always
+        ends in READY=1 with a STATUS= line, whatever happened; then raises
+        ConfigInvalid if the config file was not taken (the old one stays)
+        or what else failed, for the Reload call to answer with."""
         async with self._reload_lock:
             self.notifier.reloading()
             status = ""
             try:
-                status = await self._reload(trigger)
+                await self._reload(trigger)
+            except ConfigInvalid as e:
+                status = f"config not reloaded ({e}); "
+                raise
             except Exception as e:
                 log.exception("reload failed")
                 status = f"reload failed ({e}); "
+                raise
             finally:
                 self.notifier.reloaded(status + self.status_line())
 
-    async def _reload(self, trigger: str) -> str:
+    async def _reload_quietly(self, trigger: str) -> None:
+        """reload() where nobody is there to answer: the log and STATUS= said it."""
+        try:
+            await self.reload(trigger)
+        except Exception:
+            pass
+
+    async def _reload(self, trigger: str) -> None:
         try:
             new = self._load_config()
         except configmod.ConfigError as e:
             log.error("config not reloaded, keeping the old one: %s", e)
-            return f"config not reloaded ({e}); "
+            raise ConfigInvalid(f"{e}; the config in force stays") from None
         if new.state_dir != self.config.state_dir:
             log.warning("state_dir changes need a restart; keeping %s", self.config.state_dir)
             new = replace(new, state_dir=self.config.state_dir)
@@ -185,13 +199,12 @@ class Daemon:
                           bridges=",".join(sorted(new.bridges)))
         await self.engine.reconcile()
         log.info("config reloaded: bridges %s", ", ".join(sorted(new.bridges)) or "none")
-        return ""
 
     def _file_changed(self, path: str) -> None:
         if path == self.registry.path:
             self._spawn(self._registry_changed())
         elif path == self.config.path:
-            self._spawn(self.reload("config file changed"))
+            self._spawn(self._reload_quietly("config file changed"))
 
     async def _registry_changed(self) -> None:
         # Under the snapshot lock: a write of our own may have renamed the

@@ -64,5 +64,6 @@ TapExists = _named("TapExists", "A device with that name exists and is not ours.
 SubnetConflict = _named("SubnetConflict", "The subnet overlaps another network, or a host address or route.")
 AddressUnavailable = _named("AddressUnavailable",
                             "The address is taken or outside the subnet, or none is free.")
+ConfigInvalid = _named("ConfigInvalid", "The config file is not valid; the config in force stays.")
 AccessDenied = _named("AccessDenied", "The caller may not use the API.")
 Internal = _named("Internal", "Unexpected failure; details are in the daemon's log.")

@@ -369,6 +369,8 @@ class Manager(ServiceInterface):
         self.objects: dict[str, NetworkObject] = {}
         self._dirty: set[str] = set()
         self._flush_handle = None
+        # Reload: the daemon's reload, set by the daemon (it owns the config).
+        self.reload_config = None
         engine.on_network_added = self._added
         engine.on_network_removed = self._removed
         engine.on_network_changed = self._changed
@@ -610,6 +612,21 @@ class Manager(ServiceInterface):
     @funnel
     async def DeleteNetwork(self, network: "s"):
         await self.engine.delete_network(network)
+
+    @method()
+    @funnel
+    async def DeleteNetworkWithOptions(self, network: "s", options: "a{sv}"):
+        # DeleteNetwork with an `actor` for the audit trail (the web UI's
+        # signed-in user): the contract's signature cannot grow an argument.
+        change_options(options, ACTOR_OPTION)
+        await self.engine.delete_network(network)
+
+    @method()
+    @funnel
+    async def Reload(self):
+        # systemctl reload's ExecReload: answers once the new config is in
+        # force and reconciled, so the reload job ends when the reload does.
+        await self.reload_config("Reload call")
 
     @method()
     @funnel

@@ -364,7 +364,7 @@ class App:
     async def api_delete(self, request):
         h = self.host(request.match_info["host"])
         try:
-            await h.m("DeleteNetwork", "s", request.match_info["id"])
+            await self._delete_network(h, request.match_info["id"], request["session"].user)
         except (DBusError, Unavailable) as e:
             return self._dbus_error(e)
         log.info("%s deleted network %s on %s", request["session"].user, request.match_info["id"], h.name)
@@ -382,13 +382,25 @@ class App:
             entry = h.networks.get(net_id, {})
             result = {"host": h.name, "id": net_id, "name": entry.get("name", net_id)}
             try:
-                await h.m("DeleteNetwork", "s", net_id)
+                await self._delete_network(h, net_id, request["session"].user)
             except (DBusError, Unavailable) as e:
                 results.append({**result, "ok": False, **error_answer(e)[1]})
                 continue
             log.info("%s deleted network %s on %s", request["session"].user, net_id, h.name)
             results.append({**result, "ok": True})
         return web.json_response({"deleted": sum(r["ok"] for r in results), "results": results})
+
+    @staticmethod
+    async def _delete_network(h: Host, net_id: str, user: str) -> None:
+        """DeleteNetwork on the signed-in user's behalf (the audit entry's
+        actor); a host whose fcnetd predates DeleteNetworkWithOptions is
+        asked without it."""
+        try:
+            await h.m("DeleteNetworkWithOptions", "sa{sv}", net_id, {"actor": Variant("s", user)})
+        except DBusError as e:
+            if error_name(e) != "UnknownMethod":
+                raise
+            await h.m("DeleteNetwork", "s", net_id)
 
     def _delete_targets(self, body: dict) -> list[tuple[Host, str]]:
         nets = body.get("networks")

@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from fcnetd.errors import ConfigInvalid
 from fcnetd.daemon import Daemon, parse_args
 from fcnetd.netlink import BridgeState
 
@@ -54,9 +55,23 @@ def test_a_reload_that_fails_still_ends_in_ready(tmp_path, monkeypatch):
     async def broken():
         raise RuntimeError("netlink went away")
     monkeypatch.setattr(daemon.engine, "reconcile", broken)
-    asyncio.run(daemon.reload())
+    with pytest.raises(RuntimeError, match="netlink went away"):  # the Reload call's answer
+        asyncio.run(daemon.reload())
     assert sent[0] == "RELOADING=1"
     assert sent[-1].startswith("READY=1\nSTATUS=reload failed (netlink went away)"), sent
+
+
+def test_a_config_error_on_reload_is_configinvalid_and_keeps_the_config_in_force(tmp_path, monkeypatch):
+    config = tmp_path / "fcnetd.toml"
+    config.write_text("[bridges.fcbr0]\n")
+    daemon = Daemon(parse_args(["--config", str(config), "--state-dir", str(tmp_path), "--metrics", "off"]))
+    sent = []
+    monkeypatch.setattr(daemon.notifier, "_send", sent.append)
+    config.write_text("[bridges.fcbr0]\nuplink = 7\n")
+    with pytest.raises(ConfigInvalid, match="uplink.*the config in force stays"):
+        asyncio.run(daemon.reload())
+    assert list(daemon.config.bridges) == ["fcbr0"] and daemon.config.bridges["fcbr0"].uplink == ""
+    assert sent[-1].startswith("READY=1\nSTATUS=config not reloaded ("), sent
 
 
 def test_a_failed_uplink_sync_refuses_the_network_instead_of_answering_an_error_after_storing_it(tmp_path):

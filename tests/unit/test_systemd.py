@@ -29,5 +29,7 @@ def test_exposure_level(unit):
 def test_daemon_unit_is_notify_with_watchdog():
     text = (UNITS / "fcnetd.service").read_text()
     for line in ("Type=notify", "WatchdogSec=", "BusName=org.fcnetd.Network1", "StateDirectory=fcnetd",
-                 "RestrictAddressFamilies=AF_UNIX AF_NETLINK", "CapabilityBoundingSet=CAP_NET_ADMIN"):
+                 "RestrictAddressFamilies=AF_UNIX AF_NETLINK", "CapabilityBoundingSet=CAP_NET_ADMIN",
+                 # the audit trail is not rate-limited; reload is the synchronous Reload call
+                 "LogRateLimitIntervalSec=0", "org.fcnetd.Network1.Manager Reload"):
         assert line in text

@@ -232,18 +232,30 @@ def test_deleting_several_networks_reports_each_result():
     async def t(client, host, sign_in):
         headers = sign_in()
 
-        def delete(net_id):
+        def delete(net_id, options):
+            assert options["actor"].value == "admin", "the signed-in user is the audit entry's actor"
             if net_id == "a":
                 raise DBusError("org.fcnetd.Network1.Error.NetworkInUse",
                                 "Network has 2 attached VMs. Remove VMs first.")
             return ()
-        host.answers["DeleteNetwork"] = delete
+        host.answers["DeleteNetworkWithOptions"] = delete
         status, body = await answer(await client.post("/api/networks/delete", headers=headers, json={"networks": [
             {"host": "node1", "id": "bb"}, {"host": "node1", "id": "a"}, {"id": "ccc"}]}))
         assert status == 200 and body["deleted"] == 2
         assert [(r["name"], r["ok"], r.get("code")) for r in body["results"]] == [
             ("idle-1", True, None), ("busy", False, "NetworkInUse"), ("idle-2", True, None)]
         assert "Remove VMs first" in body["results"][1]["error"]
+    run(t)
+
+
+def test_a_host_whose_fcnetd_predates_delete_with_options_is_asked_without_them():
+    async def t(client, host, sign_in):
+        headers = sign_in()
+        host.answers["DeleteNetworkWithOptions"] = DBusError("org.freedesktop.DBus.Error.UnknownMethod", "no such")
+        host.answers["DeleteNetwork"] = ()
+        status, body = await answer(await client.delete("/api/networks/node1/bb", headers=headers))
+        assert status == 200 and body == {"deleted": "bb"}
+        assert [c[0] for c in host.calls[-2:]] == ["DeleteNetworkWithOptions", "DeleteNetwork"]
     run(t)
 
 
