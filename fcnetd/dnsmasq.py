@@ -503,14 +503,14 @@ class ChildDnsmasq(Dnsmasq):
                     failures = 0
                 self.restarts += 1
                 log.warning("dnsmasq of network %s (pid %s) exited%s; starting it again in %.1f s",
-                            self.name, pid, "" if code is None else f" with status {code}", _backoff(failures))
-            await asyncio.sleep(_backoff(failures))
+                            self.name, pid, "" if code is None else f" with status {code}", backoff(failures))
+            await asyncio.sleep(backoff(failures))
             failures += 1
             try:
                 async with self._lock:
                     await self._spawn()
             except FcnetError as e:
-                log.error("%s; trying again in %.1f s", e, _backoff(failures))
+                log.error("%s; trying again in %.1f s", e, backoff(failures))
 
 
 def count_leases(lease_file: str) -> int:
@@ -594,7 +594,7 @@ async def _exit_of(pidfd: int, timeout: float | None) -> bool:
         loop.remove_reader(pidfd)
 
 
-def _backoff(failures: int) -> float:
+def backoff(failures: int) -> float:
     """The wait before a start after `failures` deaths or failed starts in
     a row: none after the first, then 0.5 s doubling up to 30 s."""
     return min(MAX_BACKOFF_SECONDS, BACKOFF_SECONDS * 2 ** (failures - 1)) if failures else 0.0

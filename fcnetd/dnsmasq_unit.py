@@ -22,14 +22,15 @@ leases a detach released meanwhile.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
 from collections.abc import Mapping
 
 from . import systemd1
-from .dnsmasq import Dnsmasq, SUFFIXES, path, write_file
-from .errors import Internal
+from .dnsmasq import SUFFIXES, Dnsmasq, backoff, path, write_file
+from .errors import FcnetError, Internal
 
 log = logging.getLogger("fcnetd.dnsmasq")
 
@@ -71,6 +72,7 @@ class UnitDnsmasq(Dnsmasq):
         self._pid = 0  # its main pid as last seen, 0 if none
         self._starting = False  # a new main pid is then fcnetd's doing, not a restart by systemd
         self._refresh: asyncio.Task | None = None
+        self._retry: asyncio.Task | None = None
 
     def __repr__(self) -> str:
         return f"dnsmasq of network {self.name} ({self.unit})"
@@ -121,6 +123,10 @@ class UnitDnsmasq(Dnsmasq):
         try:
             await (self.systemd.start if how == "start" else self.systemd.restart)(self.unit)
         except systemd1.UnitFailed as e:
+            # Stopped, or Restart=on-failure would go on starting it for a
+            # network whose creation is being undone; retry() is ours to call.
+            with contextlib.suppress(systemd1.UnitFailed):
+                await self.systemd.stop(self.unit)
             raise Internal(f"dnsmasq for network {self.name}: {e}") from None
         _, self._pid, self.restarts = await self.systemd.state(self.unit)
         log.info("started %s (pid %s)", self.unit, self._pid)
@@ -128,8 +134,9 @@ class UnitDnsmasq(Dnsmasq):
     async def stop(self) -> None:
         self._stopped = True
         self.systemd.unwatch(self.unit)
-        if self._refresh is not None:
-            self._refresh.cancel()
+        for task in (self._refresh, self._retry):
+            if task is not None:
+                task.cancel()
         async with self._lock:
             try:
                 await self.systemd.stop(self.unit)
@@ -137,9 +144,21 @@ class UnitDnsmasq(Dnsmasq):
                 log.error("%s", e)
 
     def retry(self) -> None:
-        # Nothing to do: the unit's Restart=on-failure (without a start
-        # limit) has systemd start it again, a failed start included.
-        pass
+        # As a child's: again after a delay, growing while it keeps failing.
+        self._retry = asyncio.ensure_future(self._retry_start())
+
+    async def _retry_start(self) -> None:
+        failures = 1
+        while True:
+            await asyncio.sleep(backoff(failures))
+            failures += 1
+            try:
+                async with self._lock:
+                    await self._run("start")
+                await self._watch()
+                return
+            except FcnetError as e:
+                log.error("%s; trying again in %.1f s", e, backoff(failures))
 
     async def live_pid(self) -> int | None:
         state, pid, _ = await self.systemd.state(self.unit)

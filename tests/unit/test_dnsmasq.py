@@ -85,7 +85,7 @@ def test_the_release_packet_is_a_dhcprelease_of_that_address_by_that_mac():
 
 
 def test_a_dying_dnsmasq_restarts_at_once_then_ever_slower_up_to_30s():
-    assert [dnsmasq._backoff(n) for n in range(9)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
+    assert [dnsmasq.backoff(n) for n in range(9)] == [0.0, 0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0]
 
 
 def test_the_hosts_file_is_readable_by_dnsmasq_whatever_the_umask(tmp_path):

@@ -168,10 +168,22 @@ async def test_a_restart_by_systemd_is_counted_and_swept(state):
 
 
 @synchronous
-async def test_a_failed_start_says_which_network_and_unit(state):
-    s = server(FakeSystemd(fail_start=True), state)
+async def test_a_failed_start_says_which_network_and_unit_stops_it_and_is_retried(state):
+    """Stopped: systemd's Restart=on-failure would go on starting it for a
+    network whose creation is undone. retry() starts it again later."""
+    systemd = FakeSystemd(fail_start=True)
+    s = server(systemd, state)
     with pytest.raises(Internal, match="natnet.*StartUnit fcnetd-dnsmasq@net-1.service ended with result 'failed'"):
         await s.start({})
+    assert systemd.asked == [("start", UNIT), ("stop", UNIT)]
+    systemd.fail_start = False
+    s.retry()
+    for _ in range(300):
+        if systemd.units.get(UNIT, ("",))[0] == "active":
+            break
+        await asyncio.sleep(0.01)
+    assert systemd.asked[-1] == ("start", UNIT) and systemd.units[UNIT][0] == "active"
+    await s.stop()
 
 
 # -- systemd1.Systemd: jobs ---------------------------------------------------------
