@@ -556,10 +556,12 @@
       const charts = {};
       let timer = null;
       let ask = 0;
+      const last = (a) => a.length ? a[a.length - 1] : 0;
+      const peak = (a) => Math.max(0, ...a);
       const series = (unit) => [{},
         { label: "Rx (from VMs)", stroke: "#2457c5", width: 2, value: (u, v) => v == null ? "—" : perSecond(v, unit) },
         { label: "Tx (to VMs)", stroke: "#067647", width: 2, value: (u, v) => v == null ? "—" : perSecond(v, unit) }];
-      function draw(id, unit, x, rx, tx) {
+      function draw(id, unit, target, x, rx, tx) {
         const box = $(`#${id}`);
         const data = [x, rx, tx];
         if (!charts[id]) {
@@ -569,7 +571,14 @@
         } else {
           charts[id].setData(data);
         }
-        box.dataset.samples = String(x.length);  // what the chart shows (tests wait on it)
+        // What the chart shows, and whose, as numbers a reader without eyes
+        // can check (the browser tier compares them with the traffic it sends).
+        box.dataset.target = target;
+        box.dataset.samples = String(x.length);
+        box.dataset.latestRx = String(Math.round(last(rx)));
+        box.dataset.latestTx = String(Math.round(last(tx)));
+        box.dataset.peakRx = String(Math.round(peak(rx)));
+        box.dataset.peakTx = String(Math.round(peak(tx)));
       }
       async function refresh() {
         const mine = ++ask;
@@ -580,10 +589,10 @@
           const t = await api("GET", `${base}/traffic?${q}`);
           if (mine !== ask) return;
           note.hidden = true;
-          draw("chart-bytes", "B", t.time, t.receive_bytes, t.transmit_bytes);
-          draw("chart-packets", "pkt", t.time, t.receive_packets, t.transmit_packets);
-          const lastOf = (a) => a.length ? a[a.length - 1] : 0;
-          $("#mx-now").textContent = t.time.length ? `Now: Rx ${perSecond(lastOf(t.receive_bytes))} · Tx ${perSecond(lastOf(t.transmit_bytes))}` : "No samples yet.";
+          const target = vm ? `${vm} ${nic}` : "network";
+          draw("chart-bytes", "B", target, t.time, t.receive_bytes, t.transmit_bytes);
+          draw("chart-packets", "pkt", target, t.time, t.receive_packets, t.transmit_packets);
+          $("#mx-now").textContent = t.time.length ? `Now: Rx ${perSecond(last(t.receive_bytes))} · Tx ${perSecond(last(t.transmit_bytes))}` : "No samples yet.";
         } catch (e) {
           if (mine !== ask) return;
           note.textContent = e.message;
