@@ -266,6 +266,11 @@ def test_metrics_tab_charts_follow_the_traffic_a_vm_sends_live(admin, stack, sho
         cell = admin.locator("tr[data-name='lab-net'] td.rates")
         expect(cell).to_have_text(re.compile(r"^Rx [1-9]"), timeout=5000)
         assert SENT_RATE / 2 <= rate_in_table(cell.inner_text()) <= SENT_RATE * 2, cell.inner_text()
+        admin.evaluate("window.listOpenedDuringTheTraffic = true")
+    # The table's rate is current: it falls to zero once the VM is silent,
+    # with no page load and no event (the list is asked again each sample).
+    expect(cell).to_have_text(re.compile(r"^Rx 0 B/s"), timeout=45000)  # two samples, and the next ask
+    assert admin.evaluate("window.listOpenedDuringTheTraffic === true"), "live: the list was not loaded anew"
     open_network(admin, "lab-net")
     admin.click("#tab-metrics")
     # Once the VM is silent the newest sample is zero again; the burst stays in the hour.

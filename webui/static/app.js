@@ -65,6 +65,14 @@
     return source;
   }
 
+  // The rates shown (table column, detail line) are as new as fcnetd's
+  // newest traffic sample, one each 10 s: no event says a rate changed, so
+  // the page asks again that often while it is in view.
+  const SAMPLE_MS = 10000;
+  function everySample(load) {
+    setInterval(() => { if (document.visibilityState === "visible") load(); }, SAMPLE_MS);
+  }
+
   function dialogs() {
     for (const d of document.querySelectorAll("dialog")) {
       for (const b of d.querySelectorAll("button.cancel")) b.addEventListener("click", () => d.close());
@@ -78,10 +86,13 @@
     let last = null;
     let multiHost = false;
 
+    let asked = 0;
     async function load() {
+      const ask = ++asked;
       const q = new URLSearchParams({ search: state.search, type: state.type, host: state.host, sort: state.sort,
                                       order: state.order, page: state.page, unused: state.unused ? "1" : "" });
       const data = await api("GET", `/api/networks?${q}`);
+      if (ask !== asked) return;  // a newer answer is coming: an older one must not overwrite it
       last = data;
       multiHost = data.hosts.length > 1;
       render(data);
@@ -359,6 +370,7 @@
       });
     }
     live(() => load());
+    everySample(load);
     load();
   }
 
@@ -617,6 +629,7 @@
       if (event.kind === "drift" && (event.ids || []).includes(root.dataset.id)) showDrift(event);
       load();
     });
+    everySample(() => { if (!deleted) load(); });
     load();
   }
 
