@@ -39,10 +39,10 @@ BRIDGE_PORTS = 1023  # the kernel's limit (BR_MAX_PORTS - 1)
 # down) is looked at again this much later, and only then reconciled: a
 # move or a start of fcnetd's own passes through such states for a moment.
 TAP_SETTLE_SECONDS = 0.25
-# Each repair of a TAP reconcile makes: its DriftDetected id and what was done.
 # A tagged network's TAP is a member of its VLAN alone, which is its PVID
 # and leaves it untagged: a port's VLANs as the kernel reports them.
 PVID_UNTAGGED = frozenset({"pvid", "untagged"})
+# Each repair of a TAP reconcile makes: its DriftDetected id and what was done.
 TAP_REPAIRS = {"master": ("tap.bridge", "was not on bridge {bridge} (moved to another bridge or none); put back"),
                "up": ("tap.up", "was set down; set up again"),
                "vlan": ("tap.vlan", "was not in VLAN {vlan} alone; put back in it")}
