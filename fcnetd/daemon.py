@@ -23,7 +23,7 @@ from .engine import Engine
 from .errors import ConfigInvalid, FcnetError
 from .names import BUS_NAME
 from .nat import NatPlane
-from .netlink import LinkEvent, LinkMonitor, Netlink, bridge_state_of
+from .netlink import LinkEvent, LinkMonitor, Netlink, PortVlans, bridge_state_of
 from .notify import Notifier
 from .registry import Lock, Registry, RegistryError, parse as parse_registry
 from .service import Manager
@@ -250,10 +250,12 @@ class Daemon:
             self.exit_code = 1
             self.stopping.set()
 
-    def _link_event(self, ev: LinkEvent | None) -> None:
+    def _link_event(self, ev: LinkEvent | PortVlans | None) -> None:
         if ev is None:  # the kernel dropped events: read the state again
             log.warning("link events were lost; reading the bridges and TAPs again")
             self._spawn(self.engine.resync())
+        elif isinstance(ev, PortVlans):
+            self.engine.port_vlans_changed(ev.ifname, ev.master, ev.vlans)
         elif ev.ifname in self.config.bridges:
             repair = self.engine.bridge_changed(ev.ifname, bridge_state_of(ev))
             if repair is not None:

@@ -39,6 +39,9 @@ BRIDGE_PORTS = 1023  # the kernel's limit (BR_MAX_PORTS - 1)
 # down) is looked at again this much later, and only then reconciled: a
 # move or a start of fcnetd's own passes through such states for a moment.
 TAP_SETTLE_SECONDS = 0.25
+# A tagged network's TAP is a member of its VLAN alone, which is its PVID
+# and leaves it untagged: a port's VLANs as the kernel reports them.
+PVID_UNTAGGED = frozenset({"pvid", "untagged"})
 # Each repair of a TAP reconcile makes: its DriftDetected id and what was done.
 TAP_REPAIRS = {"master": ("tap.bridge", "was not on bridge {bridge} (moved to another bridge or none); put back"),
                "up": ("tap.up", "was set down; set up again"),
@@ -142,6 +145,9 @@ class Engine:
         registry.observer = self.stats.observe_write
         self.traffic = History()  # fed by the metrics snapshot (metrics.Refresher)
         self._suspect_taps: set[tuple[str, str]] = set()
+        # Ports whose VLANs' newest notice disagreed with what fcnetd keeps:
+        # port name -> (master, VLANs) as the kernel said them.
+        self._vlan_suspects: dict[str, tuple[int, dict[int, frozenset[str]]]] = {}
         self._tap_check: asyncio.Task | None = None
         # Observers are told after a change is on disk (or in the kernel).
         self.on_network_added = lambda net: None
@@ -372,12 +378,9 @@ class Engine:
                     continue
                 await self.netlink.set_master(index, state.index, f"uplink {cfg.uplink}")
                 wanted = {state.default_pvid: {"pvid", "untagged"}}
-                for net in self.registry.networks.values():
-                    # A nat network is fcnetd's alone: its VLAN stays off the
-                    # trunk, or its gateway and DHCP server would serve the LAN.
-                    if net.bridge == cfg.name and net.vlan and net.host == self.host and net.mode != "nat":
-                        wanted.setdefault(net.vlan, set())
-                kept = set(wanted) - {state.default_pvid}  # the networks' VLANs, stored
+                kept = self._trunk_vlans(cfg.name) - {state.default_pvid}  # the networks' VLANs, stored
+                for vlan in kept:
+                    wanted[vlan] = set()
                 for bridge, vlan in self._uplink_claims:
                     if bridge == cfg.name:
                         wanted.setdefault(vlan, set())
@@ -390,6 +393,13 @@ class Engine:
                     self._drift("uplink.vlan", f"uplink {cfg.uplink} of bridge {cfg.name} was no longer a tagged "
                                                f"member of VLAN{'s' if len(lost) > 1 else ''} "
                                                f"{', '.join(map(str, lost))}; added again")
+
+    def _trunk_vlans(self, bridge: str) -> set[int]:
+        """The VLANs of the networks stored on `bridge` that its uplink carries
+        tagged. A nat network is fcnetd's alone: its VLAN stays off the trunk,
+        or its gateway and DHCP server would serve the LAN."""
+        return {net.vlan for net in self.registry.networks.values()
+                if net.bridge == bridge and net.vlan and net.host == self.host and net.mode != "nat"}
 
     async def _converge_uplinks(self, why: str) -> None:
         """Uplink sync after a change that is already stored: a failure is
@@ -861,9 +871,11 @@ class Engine:
     async def resync(self) -> None:
         """After lost link events: the state read again (_resync), then the
         repairs what it read asks for, run once the gate is released (one
-        is a reconcile, which holds the gate alone)."""
+        is a reconcile, which holds the gate alone), and the uplinks synced
+        (their VLAN notices may be among the lost)."""
         for repair in await self._resync_read():
             await repair()
+        await self._converge_uplinks("lost link events")
 
     async def _resync(self) -> list[Callable[[], Awaitable]]:
         """The bridges' and the TAPs' state read again, with the gate
@@ -882,6 +894,8 @@ class Engine:
                 repairs.append(repair)
         before = dict(self.taps)
         kernel = await self.netlink.taps()
+        filtering = any(s is not None and s.vlan_filtering for s in self.bridges.values())
+        port_vlans = await self.netlink.all_port_vlans() if filtering and before else {}
         for key, tap in before.items():
             if self.taps.get(key) is not tap:
                 continue
@@ -890,6 +904,8 @@ class Engine:
                 self.tap_vanished(tap.name)
             else:
                 self.tap_changed(tap.name, now.up, now.carrier)
+                if now.index in port_vlans:
+                    self.port_vlans_changed(tap.name, now.master, port_vlans[now.index])
         return repairs
 
     async def reconcile_exclusive(self) -> dict[str, int]:
@@ -1052,8 +1068,46 @@ class Engine:
             self.tap_generation += 1
         if master is not None and self._tap_drifted(key):
             self._suspect_taps.add(key)
-            if self._tap_check is None:
-                self._tap_check = asyncio.get_running_loop().create_task(self._check_suspect_taps())
+            self._check_suspects_soon()
+
+    def port_vlans_changed(self, name: str, master: int, vlans: dict[int, frozenset[str]]) -> None:
+        """A bridge port's VLANs as its AF_BRIDGE link event tells them (all
+        of them). One of our TAPs not in exactly its tagged network's VLAN,
+        or an uplink no longer in a VLAN in use, is looked at again a moment
+        later (TAP_SETTLE_SECONDS), as tap_changed does, and, the newest
+        notice still so, reconciled: fcnetd's own changes (CreateTap, MoveVm,
+        an uplink sync) pass through such states for a moment, and the
+        reconcile, with the gate held alone, reads the kernel only once they
+        are done."""
+        if self._vlans_drifted(name, master, vlans):
+            self._vlan_suspects[name] = (master, vlans)
+            self._check_suspects_soon()
+        else:
+            self._vlan_suspects.pop(name, None)
+
+    def _vlans_drifted(self, name: str, master: int, vlans: dict[int, frozenset[str]]) -> bool:
+        """Whether a port's VLANs, as a notice said them, disagree with what
+        fcnetd keeps now. Only a port on its own bridge, and that bridge
+        filtering VLANs, is judged: another master is tap.bridge's case, and
+        filtering off bridge.vlan-filtering's."""
+        if (key := self.tap_keys.get(name)) is not None:
+            att = self.registry.attachments.get(key)
+            net = self.registry.networks.get(att.network_id) if att is not None else None
+            if net is None or not net.vlan:
+                return False
+            bridge = self.bridges.get(net.bridge)
+            return (bridge is not None and bool(bridge.vlan_filtering) and master == bridge.index
+                    and vlans != {net.vlan: PVID_UNTAGGED})
+        for cfg in self.config.bridges.values():
+            if cfg.uplink == name:
+                bridge = self.bridges.get(cfg.name)
+                return (bridge is not None and bool(bridge.vlan_filtering) and master == bridge.index
+                        and not self._trunk_vlans(cfg.name) <= vlans.keys())
+        return False
+
+    def _check_suspects_soon(self) -> None:
+        if self._tap_check is None:
+            self._tap_check = asyncio.get_running_loop().create_task(self._check_suspects())
 
     def _tap_drifted(self, key: tuple[str, str]) -> bool:
         tap, att = self.taps.get(key), self.registry.attachments.get(key)
@@ -1062,14 +1116,18 @@ class Engine:
         bridge = self.bridges.get(self.registry.networks[att.network_id].bridge)
         return bridge is not None and (tap.master != bridge.index or not tap.up)
 
-    async def _check_suspect_taps(self) -> None:
+    async def _check_suspects(self) -> None:
         try:
             await asyncio.sleep(TAP_SETTLE_SECONDS)
         finally:
             self._tap_check = None
             suspects, self._suspect_taps = self._suspect_taps, set()
+            ports, self._vlan_suspects = self._vlan_suspects, {}
         if any(self._tap_drifted(key) for key in suspects):
             log.warning("a TAP was moved or set down behind fcnetd's back; reconciling")
+            await self.reconcile()
+        elif any(self._vlans_drifted(name, *seen) for name, seen in ports.items()):
+            log.warning("a TAP's or an uplink's VLANs were changed behind fcnetd's back; reconciling")
             await self.reconcile()
 
     def tap_vanished(self, name: str) -> None:

@@ -30,7 +30,8 @@ from . import faultpoint, tundev
 from .errors import BridgeFull, BridgeNotFound, FcnetError, Internal, TapExists, VlanUnsupported
 from .model import parse_tap_tag, tap_tag
 from .rawnetlink import (AF_BRIDGE, IFF_UP, RTEXT_FILTER_BRVLAN, RTM_GETLINK, RTM_NEWLINK, SO_RCVBUFFORCE,
-                         LinkEvent, RequestSocket, latest_link_events, parse_link_events, parse_port_vlans)
+                         LinkEvent, PortVlans, RequestSocket, latest_link_events, parse_link_events,
+                         parse_port_vlans)
 
 VLAN_UNSUPPORTED_HINT = (
     "this kernel has no bridge VLAN filtering (CONFIG_BRIDGE_VLAN_FILTERING); "
@@ -638,10 +639,11 @@ class LinkMonitor:
     run(callback) calls callback(event: LinkEvent) for the newest event of
     each link in each batch (read EVENT_BATCH_SECONDS after the socket woke,
     off the latency path of the request that caused them; one event per
-    link, because the older ones say nothing the newest does not), and
-    callback(None) when the kernel overran the buffer and events were lost:
-    the caller must read the state again. A bridge's event gives its state
-    as bridge_state_of(event)."""
+    link, because the older ones say nothing the newest does not),
+    callback(event: PortVlans) likewise for the newest VLAN notice of each
+    bridge port, and callback(None) when the kernel overran the buffer and
+    events were lost: the caller must read the state again. A bridge's event
+    gives its state as bridge_state_of(event)."""
 
     EVENT_BATCH_SECONDS = 0.005
     # A burst of a thousand VM starts sends ~7 MB of link events while the
@@ -663,7 +665,7 @@ class LinkMonitor:
             self.sock = sock
         return self
 
-    async def run(self, callback: Callable[[LinkEvent | None], None]) -> None:
+    async def run(self, callback: Callable[[LinkEvent | PortVlans | None], None]) -> None:
         """Delivers events until cancelled; closes the socket at the end."""
         sock = self.sock
         loop = asyncio.get_running_loop()

@@ -8,7 +8,9 @@ this module only walks buffers of netlink messages and carries bytes.
   of attributes (a bridge's VLAN filtering among them, so its state comes
   with the event instead of costing a request).
 - parse_port_vlans: every bridge port's VLANs from one AF_BRIDGE dump, for
-  reconcile; pyroute2 decoded each port's message in full.
+  reconcile; pyroute2 decoded each port's message in full. The same
+  AF_BRIDGE messages come as events (PortVlans) whenever a port's VLANs
+  change, each with all of them.
 - RequestSocket: the VM-start path's link change. The kernel carries it out
   inside sendmsg() and has queued its acknowledgement before sendmsg()
   returns, so there is nothing to wait for; pyroute2's asynchronous
@@ -32,6 +34,7 @@ IFLA_INFO_KIND, IFLA_INFO_DATA = 1, 2
 IFLA_BR_VLAN_FILTERING, IFLA_BR_VLAN_DEFAULT_PVID = 7, 39
 IFLA_BRIDGE_VLAN_INFO = 2
 BRIDGE_VLAN_INFO_PVID, BRIDGE_VLAN_INFO_UNTAGGED = 0x2, 0x4
+BRIDGE_VLAN_INFO_RANGE_BEGIN, BRIDGE_VLAN_INFO_RANGE_END = 0x8, 0x10
 RTEXT_FILTER_BRVLAN = 0x2
 IFF_UP, IF_OPER_UP, AF_BRIDGE = 0x1, 6, 7
 SO_RCVBUFFORCE = 33  # not in Python's socket module
@@ -65,6 +68,16 @@ class LinkEvent(NamedTuple):
     kind: str | None = None  # IFLA_INFO_KIND: "bridge", "tun", ...
     vlan_filtering: bool | None = None  # bridges only; None: the kernel did not say
     default_pvid: int | None = None  # bridges only; None: the kernel did not say
+
+
+class PortVlans(NamedTuple):
+    """A bridge port's VLANs as the kernel announced them: an AF_BRIDGE
+    RTM_NEWLINK on RTNLGRP_LINK, sent whenever they change (`bridge vlan
+    add/del`, enslaving), with all of them, not the change."""
+    ifname: str | None
+    index: int
+    master: int  # the bridge it is a port of (the bridge itself, for its own VLANs)
+    vlans: dict[int, frozenset[str]]  # VID -> flags ("pvid", "untagged"); {}: none
 
 
 def messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
@@ -148,34 +161,56 @@ def _link_event(data: bytes, offset: int, end: int, mtype: int) -> LinkEvent:
     return LinkEvent(_EVENT_NAMES[mtype], ifname, bool(flags & IFF_UP), carrier, index, master, *info)
 
 
+def _port_vlans(data: bytes, offset: int, end: int) -> PortVlans:
+    base = offset + _NLMSGHDR.size
+    index = _IFINFO_HEAD.unpack_from(data, base)[2]
+    ifname, master, vlans = None, 0, {}
+    for atype, start, stop in _attrs(data, base + _IFINFO.size, end):
+        if atype == IFLA_IFNAME:
+            ifname = data[start:stop].split(b"\0", 1)[0].decode()
+        elif atype == IFLA_MASTER:
+            master = _U32.unpack_from(data, start)[0]
+        elif atype == IFLA_AF_SPEC:
+            _vlan_infos(data, start, stop, vlans)
+    return PortVlans(ifname, index, master, vlans)
+
+
 def _link_messages(data: bytes) -> Iterator[tuple[int, int, int, int]]:
-    """(offset, end, type, ifindex) of each link message in a buffer; per-port
-    AF_BRIDGE notices are skipped (nothing fcnetd tracks)."""
+    """(offset, end, type, key) of each link message in a buffer: a link's
+    own (key: its ifindex) and a bridge port's VLAN notice (AF_BRIDGE
+    RTM_NEWLINK; key: minus its ifindex, so a link keeps one of each). An
+    AF_BRIDGE RTM_DELLINK, a port leaving its bridge, is skipped: the
+    link's own event says so (master 0)."""
     for offset, end, mtype, _seq in messages(data):
         if mtype in _EVENT_NAMES:
             family, _type, index = _IFINFO_HEAD.unpack_from(data, offset + _NLMSGHDR.size)
             if family != AF_BRIDGE:
                 yield offset, end, mtype, index
+            elif mtype == RTM_NEWLINK:
+                yield offset, end, mtype, -index
 
 
 def parse_link_events(data: bytes) -> Iterator[LinkEvent]:
     """Yields a LinkEvent for each link message in a buffer of rtnetlink
-    messages."""
-    for offset, end, mtype, _index in _link_messages(data):
-        yield _link_event(data, offset, end, mtype)
+    messages (bridge ports' VLAN notices left out)."""
+    for offset, end, mtype, key in _link_messages(data):
+        if key > 0:
+            yield _link_event(data, offset, end, mtype)
 
 
-def latest_link_events(buffers: list[bytes]) -> list[LinkEvent]:
-    """The newest event of each link in buffers, in the order of those newest
-    events. Each event carries the link's whole state, so the older ones say
-    nothing the newest does not; a TAP creation sends several for the TAP
-    and its bridge, and parsing an event costs ~40 attribute steps."""
+def latest_link_events(buffers: list[bytes]) -> list[LinkEvent | PortVlans]:
+    """The newest event of each link in buffers, and the newest VLAN notice
+    of each bridge port, in the order of those newest ones. Each carries the
+    whole state, so the older ones say nothing the newest does not; a TAP
+    creation sends several for the TAP and its bridge, and parsing an event
+    costs ~40 attribute steps."""
     newest: dict[int, tuple[bytes, int, int, int]] = {}
     for data in buffers:
-        for offset, end, mtype, index in _link_messages(data):
-            newest.pop(index, None)  # re-insert: order by the newest event
-            newest[index] = (data, offset, end, mtype)
-    return [_link_event(*where) for where in newest.values()]
+        for offset, end, mtype, key in _link_messages(data):
+            newest.pop(key, None)  # re-insert: order by the newest event
+            newest[key] = (data, offset, end, mtype)
+    return [_link_event(data, offset, end, mtype) if key > 0 else _port_vlans(data, offset, end)
+            for key, (data, offset, end, mtype) in newest.items()]
 
 
 def parse_port_vlans(data: bytes, into: dict[int, dict[int, frozenset[str]]]) -> None:
@@ -192,12 +227,27 @@ def parse_port_vlans(data: bytes, into: dict[int, dict[int, frozenset[str]]]) ->
             continue
         vlans = into.setdefault(index, {})
         for atype, start, stop in _attrs(data, base + _IFINFO.size, end):
-            if atype != IFLA_AF_SPEC:
-                continue
-            for vtype, vstart, _vstop in _attrs(data, start, stop):
-                if vtype == IFLA_BRIDGE_VLAN_INFO:
-                    flags, vid = _VLAN_INFO.unpack_from(data, vstart)
-                    vlans[vid] = _VLAN_FLAGS[flags & 0x6]
+            if atype == IFLA_AF_SPEC:
+                _vlan_infos(data, start, stop, vlans)
+
+
+def _vlan_infos(data: bytes, pos: int, end: int, into: dict[int, frozenset[str]]) -> None:
+    """Adds the VLANs of an IFLA_AF_SPEC payload to `into`. Events list
+    them compressed: a run of VIDs with the same flags is two entries, its
+    first VID marked RANGE_BEGIN and its last RANGE_END."""
+    begin = None
+    for vtype, vstart, _vstop in _attrs(data, pos, end):
+        if vtype != IFLA_BRIDGE_VLAN_INFO:
+            continue
+        flags, vid = _VLAN_INFO.unpack_from(data, vstart)
+        if flags & BRIDGE_VLAN_INFO_RANGE_BEGIN:
+            begin = vid
+            continue
+        first = begin if begin is not None and flags & BRIDGE_VLAN_INFO_RANGE_END else vid
+        begin = None
+        names = _VLAN_FLAGS[flags & 0x6]
+        for each in range(first, vid + 1):
+            into[each] = names
 
 
 def ack_errno(data: bytes, seq: int) -> int | None:

@@ -45,6 +45,11 @@ SCENARIOS = {
     14: "DeleteNetwork of a tagged nat network leaves no VLAN device, address, dnsmasq or nft rule",
     15: "a reconcile puts the bridge back in a tagged nat network's VLAN and keeps the rest as it is",
     16: "a running VM moved from VLAN 10 to VLAN 20 keeps its TAP and reaches only VLAN 20",
+    18: "an extra VLAN on a TAP, made with `bridge vlan add`, is taken off from its link event and announced",
+    19: "a TAP's VLAN deleted or another PVID given behind fcnetd's back is put back from its link event",
+    20: "the uplink losing a VLAN in use gets it back from its link event, and it is announced",
+    21: "VLAN filtering turned off is turned on again and announced within seconds",
+    22: "MoveVm's own re-plug between VLANs is never announced as drift",
 }
 NAT_SCENARIOS = {11, 12, 13, 14, 15}
 ONLY = os.environ.get("FCNETD_KERNEL_ONLY", "")  # "nat": just NAT_SCENARIOS
