@@ -28,7 +28,7 @@ from tests.system.harness import Client, Daemon, Netns, v  # noqa: E402
 WAIT = 0.6  # how long a silent port is watched; TCG is slow
 MANY_TAGGED = 2000  # scenario 10: tagged TAPs at a restart
 DRIFTED = 5  # of them left in the wrong VLAN
-RESTART_BUDGET = 90  # s: systemd's default start timeout
+LINEAR_GROWTH_MAX = 2.8  # scenario 10: READY's growth for twice the TAPs (linear ~2, quadratic ~4)
 
 
 class Ns(Netns):
@@ -325,50 +325,65 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
 
 
 def restart_with_many_tagged_taps(report, daemon, ns, bus):
-    """10. A restart with 2,000 tagged TAPs more reaches READY=1 well within
-    systemd's start timeout: one port-VLAN dump per reconcile (it used to
-    dump every port per TAP). Under TCG, 2,000 VM starts over D-Bus would
-    take longer than the whole tier may, so the TAPs are made as fcnetd
-    leaves them (tagged, enslaved, in their VLAN, persistent) with `ip -batch`
-    and `bridge -batch` while the daemon is stopped, and their attachments
-    added to the registry; a few are left in the wrong VLAN, as drift."""
+    """10. A restart's time grows linearly with the TAPs it adopts: one
+    port-VLAN dump per reconcile (it used to dump every port per TAP, which
+    is quadratic). Measured as ratios in this run, not against a clock (TCG
+    on a loaded machine ran the same restart in 29 to 182 s): READY=1 after
+    a restart with the TAPs already there (the baseline), with 1,000 more,
+    and with 2,000 more; linear growth makes the second increment about
+    twice the first. Under TCG, 2,000 VM starts over D-Bus would take longer
+    than the whole tier may, so the TAPs are made as fcnetd leaves them
+    (tagged, enslaved, in their VLAN, persistent) with `ip -batch` and
+    `bridge -batch` while the daemon is stopped, and their attachments added
+    to the registry; a few are left in the wrong VLAN, as drift."""
     existing = Client(bus.address).props(MANAGER_PATH, MANAGER_IFACE)["TapCount"]
-    assert daemon.stop() == 0
     path = os.path.join(daemon.state_dir, "registry.json")
+    nets = {}
+    times = [restart_time(daemon, path, [], nets)]
+    for start in (0, MANY_TAGGED // 2):
+        times.append(restart_time(daemon, path, range(start, start + MANY_TAGGED // 2), nets))
+    base, half, whole = times
+    growth = (whole - base) / max(half - base, 0.001)
+    report.check(10, f"READY=1 after a restart: {base:.1f} s with {existing} TAPs, {half:.1f} s with "
+                     f"{MANY_TAGGED // 2:,} more, {whole:.1f} s with {MANY_TAGGED:,} more: growth x{growth:.2f} for "
+                     f"twice the TAPs (linear: about 2; quadratic: 4)", growth <= LINEAR_GROWTH_MAX)
+    status = daemon.notifications[-1]
+    report.check(10, f"all {existing + MANY_TAGGED} TAPs adopted", f"{existing + MANY_TAGGED} TAPs" in status, status)
+    drifted = [f"vmtap9{i:05d}" for i in range(DRIFTED)]
+    report.check(10, f"the {DRIFTED} TAPs left in the wrong VLAN are back in VLAN 40 only",
+                 all(vlans_of(t) == {40: ["Egress Untagged", "PVID"]} for t in drifted),
+                 f"{ {t: vlans_of(t) for t in drifted[:3]} }")
+    report.check(10, "the others kept VLAN 40 only",
+                 vlans_of(f"vmtap9{MANY_TAGGED - 1:05d}") == {40: ["Egress Untagged", "PVID"]})
+
+
+def restart_time(daemon, path, indexes, nets) -> float:
+    """Stops the daemon, adds the TAPs `indexes` (and their attachments) as
+    fcnetd leaves them, starts it again; seconds to READY=1."""
+    assert daemon.stop() == 0
     with open(path) as f:
         state = json.load(f)
-    nets = {}
     for bridge in ("fcbr1", "fcbr2"):
-        nets[bridge] = str(uuid.uuid4())
-        state["networks"].append({"id": nets[bridge], "name": f"{bridge}-vlan-40", "bridge": bridge, "vlan": 40,
-                                  "host": "guest", "created": "2026-01-01T00:00:00.000000Z", "origin": "auto",
-                                  "description": ""})
+        if bridge not in nets:
+            nets[bridge] = str(uuid.uuid4())
+            state["networks"].append({"id": nets[bridge], "name": f"{bridge}-vlan-40", "bridge": bridge,
+                                      "vlan": 40, "host": "guest", "created": "2026-01-01T00:00:00.000000Z",
+                                      "origin": "auto", "description": ""})
     links, vlans = [], []
-    for i in range(MANY_TAGGED):
+    for i in indexes:
         bridge, tap = ("fcbr1", "fcbr2")[i % 2], f"vmtap9{i:05d}"
         links += [f"tuntap add dev {tap} mode tap", f"link set {tap} master {bridge} alias fcnetd:many{i}:eth0 up"]
         vlans += [f"vlan add dev {tap} vid {41 if i < DRIFTED else 40} pvid untagged", f"vlan del dev {tap} vid 1"]
         state["attachments"].append({"vm_id": f"many{i}", "nic": "eth0", "network_id": nets[bridge], "vm_name": "",
                                      "mac": "", "attached": "2026-01-01T00:00:00.000000Z"})
     for tool, lines in (("ip", links), ("bridge", vlans)):
-        subprocess.run([tool, "-batch", "-"], input="\n".join(lines) + "\n", text=True, check=True)
+        if lines:
+            subprocess.run([tool, "-batch", "-"], input="\n".join(lines) + "\n", text=True, check=True)
     with open(path, "w") as f:
         json.dump(state, f)
     started = time.monotonic()
-    again = Daemon(ns, bus, daemon.state_dir, daemon.config).start(timeout=300)
-    ready = time.monotonic() - started
-    try:
-        status = again.notifications[-1]
-        report.check(10, f"restart with {MANY_TAGGED:,} more tagged TAPs: READY=1 in {ready:.1f} s",
-                     ready < RESTART_BUDGET and f"{existing + MANY_TAGGED} TAPs" in status, status)
-        drifted = [f"vmtap9{i:05d}" for i in range(DRIFTED)]
-        report.check(10, f"the {DRIFTED} TAPs left in the wrong VLAN are back in VLAN 40 only",
-                     all(vlans_of(t) == {40: ["Egress Untagged", "PVID"]} for t in drifted),
-                     f"{ {t: vlans_of(t) for t in drifted[:3]} }")
-        report.check(10, "the others kept VLAN 40 only",
-                     vlans_of(f"vmtap9{MANY_TAGGED - 1:05d}") == {40: ["Egress Untagged", "PVID"]})
-    finally:
-        again.stop()
+    daemon.start(timeout=600)
+    return time.monotonic() - started
 
 
 def only_nat(report, client, daemon, ns):
