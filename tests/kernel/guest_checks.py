@@ -20,6 +20,7 @@ sys.path.insert(0, ROOT)
 
 from fcnetd.names import MANAGER_IFACE, MANAGER_PATH  # noqa: E402
 from fcnetd.testbus import PrivateBus  # noqa: E402
+from tests.kernel.diagnose_checks import diagnose_scenarios  # noqa: E402
 from tests.kernel.drift_checks import vlan_drift_scenarios  # noqa: E402
 from tests.kernel.frames import BROADCAST, Endpoint, Wire, frame, mac  # noqa: E402
 from tests.kernel.nat_checks import nat_scenarios  # noqa: E402
@@ -286,6 +287,7 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
     client.call("DetachVm", "ss", "m1", "eth0")
 
     vlan_drift_scenarios(report, client, bus, vlans_of, bridge_filtering)  # 18-22
+    diagnose_scenarios(report, client)  # 23
 
     # 7. kill -9 and restart: everything above still holds; old TAPs can be deleted.
     daemon.kill9()

@@ -50,6 +50,7 @@ SCENARIOS = {
     20: "the uplink losing a VLAN in use gets it back from its link event, and it is announced",
     21: "VLAN filtering turned off is turned on again and announced within seconds",
     22: "MoveVm's own re-plug between VLANs is never announced as drift",
+    23: "Diagnose, DiagnoseVm and DiagnosePath of tagged networks read the real kernel's VLANs",
 }
 NAT_SCENARIOS = {11, 12, 13, 14, 15}
 ONLY = os.environ.get("FCNETD_KERNEL_ONLY", "")  # "nat": just NAT_SCENARIOS
