@@ -130,6 +130,25 @@ def test_diagnose_and_the_dhcp_probe_work_under_the_sandbox(configured):
     assert any(gateway in r["Detail"] for r in rows), str(probe)
 
 
+def test_fcnetd_killed_keeps_its_nat_networks_dhcp(configured):
+    """kill -9 of fcnetd: systemd starts it again (Restart=on-failure); the
+    network's dnsmasq unit runs once more, one of it, and the VM's DHCP
+    client gets its own address again."""
+    g = configured
+    vms = {v["VmId"]: v for v in json.loads(g.ok("fcnetctl --json show natnet"))["Vms"]}
+    assert "vm-r" in vms, "the restart test above attached vm-r"
+    main = g.ok("systemctl show -p MainPID --value fcnetd").strip()
+    g.ok(f"kill -9 {main}")
+    g.wait_for(f"test \"$(systemctl show -p MainPID --value fcnetd)\" -gt 0 && "
+               f"test \"$(systemctl show -p MainPID --value fcnetd)\" != {main} && systemctl is-active fcnetd",
+               60, "systemd to start fcnetd again")
+    g.wait_for("systemctl list-units 'fcnetd-dnsmasq@*' --plain --no-legend --state=active | grep -q .", 30,
+               "the network's dnsmasq unit running")
+    assert len(g.ok("systemctl list-units 'fcnetd-dnsmasq@*' --plain --no-legend --state=active").split("\n")) == 1
+    r = g.run("ip netns exec vmr busybox udhcpc -i vmr0 -n -q -t 20 -T 1 -s /bin/true", timeout=60)
+    assert f"lease of {vms['vm-r']['Ip']} obtained" in r.stdout + r.stderr, str(r)
+
+
 def test_deleting_a_nat_network_stops_its_unit_and_removes_its_files(configured):
     g = configured
     if "natnet" not in g.ok("fcnetctl list"):
