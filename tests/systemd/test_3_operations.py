@@ -144,7 +144,8 @@ def test_fcnetd_killed_keeps_its_nat_networks_dhcp(configured):
                60, "systemd to start fcnetd again")
     g.wait_for("systemctl list-units 'fcnetd-dnsmasq@*' --plain --no-legend --state=active | grep -q .", 30,
                "the network's dnsmasq unit running")
-    assert len(g.ok("systemctl list-units 'fcnetd-dnsmasq@*' --plain --no-legend --state=active").split("\n")) == 1
+    units = g.ok("systemctl list-units 'fcnetd-dnsmasq@*' --plain --no-legend --state=active").strip().splitlines()
+    assert len(units) == 1, units
     r = g.run("ip netns exec vmr busybox udhcpc -i vmr0 -n -q -t 20 -T 1 -s /bin/true", timeout=60)
     assert f"lease of {vms['vm-r']['Ip']} obtained" in r.stdout + r.stderr, str(r)
 
