@@ -40,12 +40,18 @@ def test_filtering_off_on_a_bridge_without_tagged_networks_is_left_alone(tmp_pat
     asyncio.run(go())
 
 
-def test_a_reload_that_fails_still_ends_in_ready(tmp_path, monkeypatch):
+def reloadable(tmp_path, monkeypatch) -> tuple[Daemon, list[str], object]:
+    """A daemon (not started) on a config allowing fcbr0; what it tells systemd; its config file."""
     config = tmp_path / "fcnetd.toml"
     config.write_text("[bridges.fcbr0]\n")
     daemon = Daemon(parse_args(["--config", str(config), "--state-dir", str(tmp_path), "--metrics", "off"]))
     sent = []
     monkeypatch.setattr(daemon.notifier, "_send", sent.append)
+    return daemon, sent, config
+
+
+def test_a_reload_that_fails_still_ends_in_ready(tmp_path, monkeypatch):
+    daemon, sent, _ = reloadable(tmp_path, monkeypatch)
 
     class Gate:
         def reload(self):
@@ -62,11 +68,7 @@ def test_a_reload_that_fails_still_ends_in_ready(tmp_path, monkeypatch):
 
 
 def test_a_config_error_on_reload_is_configinvalid_and_keeps_the_config_in_force(tmp_path, monkeypatch):
-    config = tmp_path / "fcnetd.toml"
-    config.write_text("[bridges.fcbr0]\n")
-    daemon = Daemon(parse_args(["--config", str(config), "--state-dir", str(tmp_path), "--metrics", "off"]))
-    sent = []
-    monkeypatch.setattr(daemon.notifier, "_send", sent.append)
+    daemon, sent, config = reloadable(tmp_path, monkeypatch)
     config.write_text("[bridges.fcbr0]\nuplink = 7\n")
     with pytest.raises(ConfigInvalid, match="uplink.*the config in force stays"):
         asyncio.run(daemon.reload())
