@@ -45,6 +45,7 @@ SCENARIOS = {
     14: "DeleteNetwork of a tagged nat network leaves no VLAN device, address, dnsmasq or nft rule",
     15: "a reconcile puts the bridge back in a tagged nat network's VLAN and keeps the rest as it is",
     16: "a running VM moved from VLAN 10 to VLAN 20 keeps its TAP and reaches only VLAN 20",
+    17: "the isolation probe: ok on a sound bridge, fails naming the VLAN a frame leaked into, ok once fixed",
 }
 NAT_SCENARIOS = {11, 12, 13, 14, 15}
 ONLY = os.environ.get("FCNETD_KERNEL_ONLY", "")  # "nat": just NAT_SCENARIOS
