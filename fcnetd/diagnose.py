@@ -573,7 +573,7 @@ def isolation_check(net, seen, others: list[int], untagged: int, timeout: float)
     leaks: dict[str, list[str]] = {}
     for vid, kind in sorted(seen.leaks, key=lambda leak: (leak[0] is None, leak[0] or 0, leak[1])):
         leaks.setdefault(isolationprobe.describe_leak(vid, untagged), []).append(kind)
-    control = " and ".join(sorted(seen.control)) or "nothing"
+    control = " and ".join(f"the {kind}" for kind in sorted(seen.control)) or "nothing"
     if leaks:
         where = "; ".join(f"{segment} saw the {' and the '.join(kinds)}" for segment, kinds in leaks.items())
         return Check("vlan.isolation", FAIL, f"sent {sent}: {where} (a port in VLAN {net.vlan} saw {control})",
@@ -589,8 +589,8 @@ def isolation_check(net, seen, others: list[int], untagged: int, timeout: float)
                      f"{timeout:g} s, so the silence in {', '.join(watched)} proves nothing",
                      "The bridge did not forward within the VLAN: see the bridge checks; probe again with a "
                      "longer timeout")
-    return Check("vlan.isolation", OK, f"sent {sent}: a port in VLAN {net.vlan} saw the "
-                 f"{' and the '.join(sorted(seen.control))}; nothing reached {', '.join(watched)} within {timeout:g} s")
+    return Check("vlan.isolation", OK, f"sent {sent}: a port in VLAN {net.vlan} saw {control}; nothing reached "
+                 f"{', '.join(watched)} within {timeout:g} s")
 
 
 def tap_names(engine, atts) -> dict:

@@ -74,6 +74,7 @@ def seen(control=("broadcast", "unicast"), leaks=()):
 def test_nothing_elsewhere_and_both_frames_in_the_vlan_is_ok_and_says_what_was_sent():
     check = isolation_check(NET, seen(), [20, 30], 1, 1.0)
     assert check.check == "vlan.isolation" and check.result == OK
+    assert "a port in VLAN 10 saw the broadcast and the unicast; nothing reached" in check.detail
     for part in ("fcprobe0001b", SENDER, LISTENER, "0x88b5", NONCE.hex(), "VLAN 20, VLAN 30, the untagged segment "
                  "(VLAN 1)", "within 1 s"):
         assert part in check.detail
@@ -85,6 +86,7 @@ def test_a_frame_seen_in_another_vlan_fails_naming_the_vlan_and_the_frame():
     assert "VLAN 20 saw the broadcast and the unicast" in check.detail
     assert "the untagged segment (VLAN 1) saw the broadcast" in check.detail
     assert "VLAN 30" not in check.detail
+    assert "(a port in VLAN 10 saw the broadcast and the unicast)" in check.detail
     assert "bridge vlan show" in check.hint and "VLAN Tagged Traffic Not Working" in check.hint
     # A leak fails even when the control saw nothing.
     assert isolation_check(NET, seen(control=(), leaks=[(30, "unicast")]), [20, 30], 1, 1).result == FAIL
