@@ -77,9 +77,10 @@ MANAGE_CALLS = frozenset({
     (MANAGER_IFACE, "DeleteNetworkWithOptions"), (MANAGER_IFACE, "Reload"),
     (MANAGER_IFACE, "AttachVm"), (MANAGER_IFACE, "MoveVm"), (MANAGER_IFACE, "DetachVm"),
     (MANAGER_IFACE, "CreateTap"), (MANAGER_IFACE, "DeleteTap"), (NETWORK_IFACE, "Delete"),
-    # They read, but ProbeDhcp plugs a port into a bridge for a moment, and
-    # all four answer with the kernel's and the firewall's state.
-    (MANAGER_IFACE, "Diagnose"), (MANAGER_IFACE, "ProbeDhcp"), (MANAGER_IFACE, "DiagnoseVm"),
+    # They read, but the probes plug ports into a bridge for a moment, and
+    # all five answer with the kernel's and the firewall's state.
+    (MANAGER_IFACE, "Diagnose"), (MANAGER_IFACE, "ProbeDhcp"), (MANAGER_IFACE, "ProbeIsolation"),
+    (MANAGER_IFACE, "DiagnoseVm"),
     (MANAGER_IFACE, "DiagnosePath"),
     (PROPERTIES, "Set"),
 })

@@ -197,9 +197,11 @@ async def _diagnose(args, m) -> int:
     """`diagnose NETWORK`, `--vm VM [--nic N]` or `--path VM_A VM_B`: the
     checks as a table (or --json); exit 0 all ok, 1 a check failed, 2 warnings only."""
     if args.network:
+        opts = {} if args.timeout is None else {"timeout_ms": Variant("u", round(args.timeout * 1000))}
         if args.dhcp_probe:
-            opts = {} if args.timeout is None else {"timeout_ms": Variant("u", round(args.timeout * 1000))}
             (rows,) = await m("ProbeDhcp", "sa{sv}", [args.network, opts])
+        elif args.isolation:
+            (rows,) = await m("ProbeIsolation", "sa{sv}", [args.network, opts])
         else:
             (rows,) = await m("Diagnose", "s", [args.network])
     elif args.vm:
@@ -384,9 +386,14 @@ def parser() -> argparse.ArgumentParser:
                                          "(exit 0: all ok, 1: a check failed, 2: warnings only)")
     which = dg.add_mutually_exclusive_group(required=True)
     which.add_argument("network", nargs="?", help="the network to check (id or name)")
-    dg.add_argument("--dhcp-probe", action="store_true", help="ask the network's DHCP servers (a probe port "
-                                                              "plugs into its bridge and VLAN for the call)")
-    dg.add_argument("--timeout", type=float, metavar="S", help="how long the DHCP probe waits (default 2 s)")
+    probes = dg.add_mutually_exclusive_group()
+    probes.add_argument("--dhcp-probe", action="store_true", help="ask the network's DHCP servers (a probe port "
+                                                                  "plugs into its bridge and VLAN for the call)")
+    probes.add_argument("--isolation", action="store_true", help="send frames in the (tagged) network's VLAN from a "
+                                                                 "probe port and watch the bridge's other VLANs and "
+                                                                 "untagged segment for them")
+    dg.add_argument("--timeout", type=float, metavar="S", help="how long a probe waits (default: DHCP 2 s, "
+                                                               "isolation 1 s)")
     which.add_argument("--vm", metavar="VM", help="check one VM's NICs")
     dg.add_argument("--nic", default="", help="with --vm: only this NIC")
     which.add_argument("--path", nargs=2, metavar=("VM_A", "VM_B"), help="why two VMs can or cannot talk")

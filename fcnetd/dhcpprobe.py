@@ -1,39 +1,26 @@
 """The DHCP probe: which DHCP servers answer in a network's bridge and VLAN.
 
-A probe port is a veth pair of fcnetd's own, made, used and deleted inside
-one Diagnose call: its bridge-side end is a port of the network's bridge,
-a tagged member of the network's VLAN and of no other (untagged: a plain
-port, as a TAP of that network is); its other end stays in the daemon's
-namespace with no address, and a raw socket on it sends one DHCPDISCOVER
-(with the broadcast flag, tagged with the VLAN where the port is tagged)
-and collects the OFFERs until the timeout. Nothing is leased: a DISCOVER
-only asks.
-
-Both ends are named `fcprobe<4 digits>{b,d}` and carry the ifalias
-`fcnetd-probe:<network id>`. The kernel cannot set an alias while it makes
-the pair, so a daemon killed between the two steps leaves a veth with the
-name and no alias: reap() takes both for probe ports (a veth of that name
-with another alias is not fcnetd's and is left alone).
+A probe port (probeport.py) is plugged into the network's bridge, a tagged
+member of the network's VLAN and of no other (untagged: a plain port, as a
+TAP of that network is); a raw socket on its own end sends one
+DHCPDISCOVER (with the broadcast flag, tagged with the VLAN where the port
+is tagged) and collects the OFFERs until the timeout. Nothing is leased: a
+DISCOVER only asks.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
-import os
 import random
 import socket
 import struct
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface
 
-from .errors import FcnetError, Internal
-from .netlink import Device, Netlink, translate
+from .errors import Internal
+from .netlink import Netlink
+from .probeport import ProbePort, mac_bytes, mac_text, reap  # noqa: F401 (reap: engine.reconcile's name for it)
 
-PREFIX = "fcprobe"
-MARK = "fcnetd-probe:"
-NAME_TRIES = 8
-READY_SECONDS = 3.0  # the kernel raises a veth's carrier within a second (linkwatch)
 RESEND_SECONDS = 1.0
 ETH_P_ALL, ETH_P_IP, ETH_P_8021Q = 0x0003, 0x0800, 0x8100
 PACKET_OUTGOING = 4
@@ -68,14 +55,6 @@ def _checksum(data: bytes) -> int:
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
     return ~total & 0xFFFF
-
-
-def mac_bytes(mac: str) -> bytes:
-    return bytes.fromhex(mac.replace(":", ""))
-
-
-def mac_text(raw: bytes) -> str:
-    return ":".join(f"{b:02x}" for b in raw)
 
 
 def discover_frame(src_mac: str, chaddr: str, xid: int, vlan: int = 0) -> bytes:
@@ -143,90 +122,6 @@ def parse_offer(frame: bytes, xid: int) -> Offer | None:
         return None  # not a well-formed answer: someone else's frame
 
 
-# -- the probe port ---------------------------------------------------------------------
-def _no_ipv6(name: str) -> None:
-    """No link-local address, router solicitation or DAD from a port that lives a second or two."""
-    try:
-        with open(f"/proc/sys/net/ipv6/conf/{name}/disable_ipv6", "w") as f:
-            f.write("1\n")
-    except OSError:
-        pass  # no IPv6 in this kernel
-
-
-class ProbePort:
-    """`async with ProbePort(netlink, network_id, bridge, vlan) as port:`
-    a probe port plugged into `bridge` (an index) in `vlan`; deleted on
-    the way out, whatever happened (a cancelled call included)."""
-
-    def __init__(self, netlink: Netlink, network_id: str, bridge: str, bridge_index: int, vlan: int):
-        self.netlink, self.network_id = netlink, network_id
-        self.bridge, self.bridge_index, self.vlan = bridge, bridge_index, vlan
-        self.port = self.own = ""
-        self.mac = ""
-
-    async def __aenter__(self) -> ProbePort:
-        await self._create()
-        try:
-            await self._plug()
-        except BaseException:
-            await self._delete()
-            raise
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        await self._delete()
-
-    async def _create(self) -> None:
-        for attempt in range(NAME_TRIES):
-            stem = f"{PREFIX}{random.randrange(10**4):04d}"
-            try:
-                await self.netlink.create_veth(stem + "b", stem + "d")
-            except Exception as e:
-                if getattr(e, "code", None) == errno.EEXIST and attempt < NAME_TRIES - 1:
-                    continue
-                raise translate(e, Device("device", stem + "b"), "create") from e
-            self.port, self.own = stem + "b", stem + "d"
-            return
-
-    async def _plug(self) -> None:
-        alias = MARK + self.network_id
-        indexes = {}
-        for name in (self.port, self.own):
-            msg = await self.netlink.link(name)
-            if msg is None:
-                raise Internal(f"probe port {name}: deleted right after it was made")
-            indexes[name] = msg["index"]
-            if name == self.own:
-                self.mac = msg.get("address")
-            await self.netlink.set_alias(msg["index"], alias, Device("device", name))
-            _no_ipv6(name)
-        port = Device("device", self.port)
-        await self.netlink.set_master(indexes[self.port], self.bridge_index, port, self.bridge)
-        if self.vlan:
-            # A tagged member of its VLAN and of nothing else (not the
-            # bridge's default VLAN, which enslaving gave it).
-            await self.netlink.set_port_vlans(indexes[self.port], {self.vlan: set()}, port)
-        for name in (self.port, self.own):
-            await self.netlink.set_up(indexes[name], Device("device", name))
-
-    async def ready(self) -> None:
-        """Waits until both ends have carrier (the bridge forwards through
-        a port only then); the kernel's linkwatch raises it within a second."""
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + READY_SECONDS
-        while loop.time() < deadline:
-            states = [await self.netlink.link(n) for n in (self.port, self.own)]
-            if all(m is not None and m.get("operstate") == "UP" for m in states):
-                return
-            await asyncio.sleep(0.02)
-        raise Internal(f"probe port {self.port} on bridge {self.bridge} got no carrier in {READY_SECONDS:g} s")
-
-    async def _delete(self) -> None:
-        if self.port:
-            # Shielded: a cancelled call still deletes its port.
-            await asyncio.shield(self.netlink.delete_link(self.port, Device("device", self.port)))
-
-
 async def exchange(ifname: str, src_mac: str, chaddr: str, vlan: int, timeout: float) -> list[Offer]:
     """Sends a DHCPDISCOVER on `ifname` (again each second) and returns the
     distinct OFFERs that arrive within `timeout` seconds. The wait is the
@@ -266,26 +161,6 @@ async def probe(netlink: Netlink, network_id: str, bridge: str, bridge_index: in
                 timeout: float) -> list[Offer]:
     """The whole probe: port made, DISCOVER sent, OFFERs collected, port
     deleted. chaddr: the client to ask for ("": the probe port's own MAC)."""
-    async with ProbePort(netlink, network_id, bridge, bridge_index, vlan) as port:
+    async with ProbePort(netlink, network_id, bridge, bridge_index, {vlan: set()} if vlan else None) as port:
         await port.ready()
         return await exchange(port.own, port.mac, chaddr or port.mac, vlan, timeout)
-
-
-async def reap(netlink: Netlink) -> list[str]:
-    """Deletes every probe port a killed daemon left; returns their names.
-    Run with nothing probing (reconcile holds the engine's gate alone)."""
-    reaped = []
-    for event in await netlink.links_of_kind("veth"):
-        name = event.ifname or ""
-        if not name.startswith(PREFIX) or name[-1] not in "bd":
-            continue
-        msg = await netlink.link(name)
-        alias = (msg.get("ifalias") or "") if msg is not None else None
-        if alias is None or (alias and not alias.startswith(MARK)):
-            continue  # gone with its peer already, or not fcnetd's
-        try:
-            await netlink.delete_link(name, Device("device", name))
-        except FcnetError:
-            continue
-        reaped.append(name)
-    return reaped

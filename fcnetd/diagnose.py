@@ -4,9 +4,9 @@ from the kernel now and said in the user guide's words.
 Two halves: `gather` reads what the checks need (netlink, the nft ruleset,
 dnsmasq's pidfile and leases file, a sysctl) into `Facts`, changing
 nothing; the check functions are pure, from Facts and the registry's
-objects to `Check`s, so unit tests give them facts by hand. The DHCP probe
-(dhcpprobe.py) is the one step that touches the kernel, for the length of
-the call.
+objects to `Check`s, so unit tests give them facts by hand. The DHCP and
+isolation probes (dhcpprobe.py, isolationprobe.py) are the steps that touch
+the kernel, for the length of the call.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import socket
 from dataclasses import dataclass, field
 from ipaddress import IPv4Network
 
-from . import dhcpprobe, dnsmasq
+from . import dhcpprobe, dnsmasq, isolationprobe
 from .dnsmasq_unit import unit_name
 from .errors import FcnetError, InvalidArgs, NoSuchVm
 from .model import check_id, check_nic, parse_tap_tag
@@ -511,7 +511,7 @@ def worst(checks: list[Check]) -> str:
 
 
 def check_timeout_ms(value: int) -> float:
-    """ProbeDhcp's option timeout_ms (u) to seconds."""
+    """The probes' option timeout_ms (u) to seconds."""
     if not 100 <= value <= 30000:
         raise InvalidArgs("timeout_ms", f"{value} is out of range: 100 to 30000 (milliseconds)")
     return value / 1000
@@ -553,6 +553,46 @@ def probe_check(net, offers: list, timeout: float, chaddr: str = "") -> Check:
     return Check("dhcp.probe", OK, f"in {where}: {listed}", servers=tuple(offers))
 
 
+def other_segments(net, networks, default_pvid: int) -> tuple[list[int], int]:
+    """What the isolation probe watches on a tagged network's bridge: the
+    VLANs of fcnetd's other networks there, and the untagged segment's VID
+    (the bridge's default VLAN; 0 when it has none or it is the network's
+    own: a tagged network in VLAN 1 shares the untagged segment by design)."""
+    untagged = default_pvid if default_pvid != net.vlan else 0
+    others = sorted({n.vlan for n in networks if n.bridge == net.bridge and n.vlan not in (0, net.vlan, untagged)})
+    return others, untagged
+
+
+def isolation_check(net, seen, others: list[int], untagged: int, timeout: float) -> Check:
+    """vlan.isolation: where the isolation probe's frames, sent in the
+    network's VLAN, arrived (isolationprobe.Seen)."""
+    watched = [f"VLAN {vid}" for vid in others] + ([isolationprobe.describe_leak(None, untagged)] if untagged else [])
+    sent = (f"from probe port {seen.sender} (MAC {seen.sender_mac}) in bridge {net.bridge} VLAN {net.vlan}: a "
+            f"broadcast and a unicast to {seen.listener_mac} (EtherType 0x{isolationprobe.ETHERTYPE:04x}, nonce "
+            f"{seen.nonce})")
+    leaks: dict[str, list[str]] = {}
+    for vid, kind in sorted(seen.leaks, key=lambda leak: (leak[0] is None, leak[0] or 0, leak[1])):
+        leaks.setdefault(isolationprobe.describe_leak(vid, untagged), []).append(kind)
+    control = " and ".join(f"the {kind}" for kind in sorted(seen.control)) or "nothing"
+    if leaks:
+        where = "; ".join(f"{segment} saw the {' and the '.join(kinds)}" for segment, kinds in leaks.items())
+        return Check("vlan.isolation", FAIL, f"sent {sent}: {where} (a port in VLAN {net.vlan} saw {control})",
+                     f"Something joins VLAN {net.vlan} to {', '.join(leaks)}: a port of bridge {net.bridge} that is a "
+                     "member of both (`bridge vlan show`), a device or VM that bridges two ports, or beyond the "
+                     "uplink a switch that does. " + _cap(GUIDE_TRUNK.format(vlan=net.vlan))
+                     + ", and that its native VLAN is none of these")
+    # The broadcast is the control: the bridge floods it to every port of
+    # the VLAN. (The unicast reaches the control only while the bridge has
+    # not learned the listener's MAC in the VLAN.)
+    if "broadcast" not in seen.control:
+        return Check("vlan.isolation", WARN, f"sent {sent}: a port in VLAN {net.vlan} itself saw {control} within "
+                     f"{timeout:g} s, so the silence in {', '.join(watched)} proves nothing",
+                     "The bridge did not forward within the VLAN: see the bridge checks; probe again with a "
+                     "longer timeout")
+    return Check("vlan.isolation", OK, f"sent {sent}: a port in VLAN {net.vlan} saw {control}; nothing reached "
+                 f"{', '.join(watched)} within {timeout:g} s")
+
+
 def tap_names(engine, atts) -> dict:
     return {a.key: engine.taps[a.key].name for a in atts if a.key in engine.taps}
 
@@ -565,26 +605,58 @@ class Diagnoser:
     def __init__(self, engine):
         self.engine = engine
 
-    async def network(self, ref: str, dhcp_probe: bool = False, timeout: float = 2.0) -> list[Check]:
+    async def network(self, ref: str, dhcp_probe: bool = False, timeout: float = 2.0,
+                      isolation: bool = False) -> list[Check]:
         engine = self.engine
         net = engine.find_network(ref)
         atts = engine.attachments_of(net)
         taps = tap_names(engine, atts)
+        bridge_nets = [n for n in engine.registry.networks.values() if n.bridge == net.bridge] if isolation else []
         facts = await gather(engine, [net], atts)
         checks = network_checks(net, engine.config.bridges.get(net.bridge), facts)
         checks.append(vms_summary(net, atts, taps, facts))
         if dhcp_probe:
             checks.append(await self._probe(net, atts, facts, timeout))
+        if isolation:
+            checks.append(await self._isolation(net, bridge_nets, facts, timeout))
         return checks
 
-    async def _probe(self, net, atts, facts: Facts, timeout: float) -> Check:
+    def _not_run(self, check: str, net, facts: Facts) -> Check | None:
+        """The probes' answer where the bridge cannot carry one."""
         br = facts.links.get(net.bridge)
         if br is None or br.kind != "bridge" or not br.up:
-            return Check("dhcp.probe", FAIL, f"not run: bridge {net.bridge} is missing or down",
+            return Check(check, FAIL, f"not run: bridge {net.bridge} is missing or down",
                          "See the bridge.present and bridge.up checks")
         if net.vlan and not br.vlan_filtering:
-            return Check("dhcp.probe", FAIL, f"not run: bridge {net.bridge} does not filter VLANs",
+            return Check(check, FAIL, f"not run: bridge {net.bridge} does not filter VLANs",
                          "See the bridge.vlan-filtering check")
+        return None
+
+    async def _isolation(self, net, bridge_nets, facts: Facts, timeout: float) -> Check:
+        if not net.vlan:
+            return Check("vlan.isolation", WARN, f"not run: network {net.name} is untagged; isolation between "
+                         "VLANs applies to tagged networks only",
+                         f"An untagged network shares bridge {net.bridge}'s default VLAN with every plain port of "
+                         "it; to keep VMs apart, put them in tagged networks (different VLANs) and probe those")
+        refused = self._not_run("vlan.isolation", net, facts)
+        if refused is not None:
+            return refused
+        br = facts.links[net.bridge]
+        others, untagged = other_segments(net, bridge_nets, br.default_pvid)
+        if not others and not untagged:
+            return Check("vlan.isolation", OK, f"nothing to probe: bridge {net.bridge} carries no other VLAN of "
+                         f"fcnetd's networks, and its default VLAN is VLAN {net.vlan} itself")
+        # The gate, shared, for the probe's whole life: as the DHCP probe's.
+        async with self.engine.gate.shared():
+            seen = await isolationprobe.probe(self.engine.netlink, net.id, net.bridge, br.index, net.vlan,
+                                              others, untagged, timeout)
+        return isolation_check(net, seen, others, untagged, timeout)
+
+    async def _probe(self, net, atts, facts: Facts, timeout: float) -> Check:
+        refused = self._not_run("dhcp.probe", net, facts)
+        if refused is not None:
+            return refused
+        br = facts.links[net.bridge]
         chaddr = next((a.mac for a in atts if a.mac), "") if net.mode == "nat" and net.dhcp else ""
         # The gate, shared like any per-object call: a reconcile (which
         # reaps probe ports) waits for the probe's end, and the probe for

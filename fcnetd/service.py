@@ -40,6 +40,7 @@ TAP_OPTIONS = {"owner_uid": ("u", int), "owner_gid": ("u", int), "tap_name": ("s
 TYPE_NAMES = {"s": "string", "b": "boolean", "u": "uint32", "q": "uint16"}
 LIST_OPTIONS = {**FILTER_OPTIONS, "offset": ("u", int), "limit": ("u", int)}
 PROBE_OPTIONS = {"timeout_ms": ("u", int)}
+ISOLATION_TIMEOUT_MS = 1000  # the isolation probe's wait: a frame crosses a bridge in microseconds
 TRAFFIC_OPTIONS = {"vm": ("s", str), "nic": ("s", str), "seconds": ("u", int)}
 TRAFFIC_SECONDS = int(SAMPLE_SECONDS * SAMPLES)  # the whole history: the default and the most
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -734,6 +735,14 @@ class Manager(ServiceInterface):
         opts = parse_options(options, PROBE_OPTIONS)
         timeout = check_timeout_ms(opts.get("timeout_ms", 2000))
         return check_rows(await Diagnoser(self.engine).network(network, True, timeout))
+
+    @method()
+    @funnel
+    async def ProbeIsolation(self, network: "s", options: "a{sv}") -> "aa{sv}":
+        """Diagnose's checks and the isolation probe (check vlan.isolation)."""
+        opts = parse_options(options, PROBE_OPTIONS)
+        timeout = check_timeout_ms(opts.get("timeout_ms", ISOLATION_TIMEOUT_MS))
+        return check_rows(await Diagnoser(self.engine).network(network, timeout=timeout, isolation=True))
 
     @method()
     @funnel

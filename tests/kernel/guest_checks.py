@@ -23,6 +23,7 @@ from fcnetd.testbus import PrivateBus  # noqa: E402
 from tests.kernel.diagnose_checks import diagnose_scenarios  # noqa: E402
 from tests.kernel.drift_checks import vlan_drift_scenarios  # noqa: E402
 from tests.kernel.frames import BROADCAST, Endpoint, Wire, frame, mac  # noqa: E402
+from tests.kernel.isolation_checks import isolation_scenario  # noqa: E402
 from tests.kernel.nat_checks import nat_scenarios  # noqa: E402
 from tests.system.harness import Client, Daemon, Netns, v  # noqa: E402
 
@@ -285,6 +286,9 @@ def run_scenarios(report, lab, client, daemon, ns, bus):
                  "m1" in [e["VmId"] for e in client.call("GetNetwork", "s", "fcbr0-vlan-20")[0]["Vms"]])
     lab.ports.pop("m1").close()
     client.call("DetachVm", "ss", "m1", "eth0")
+
+    # 17. The isolation probe (ProbeIsolation); it restarts the daemon once.
+    daemon = isolation_scenario(report, client, daemon, ns, bus, vlans_of)
 
     vlan_drift_scenarios(report, client, bus, vlans_of, bridge_filtering)  # 18-22
     diagnose_scenarios(report, client)  # 23

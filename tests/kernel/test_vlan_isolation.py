@@ -45,6 +45,7 @@ SCENARIOS = {
     14: "DeleteNetwork of a tagged nat network leaves no VLAN device, address, dnsmasq or nft rule",
     15: "a reconcile puts the bridge back in a tagged nat network's VLAN and keeps the rest as it is",
     16: "a running VM moved from VLAN 10 to VLAN 20 keeps its TAP and reaches only VLAN 20",
+    17: "the isolation probe: ok on a sound bridge, fails naming the VLAN a frame leaked into, ok once fixed",
     18: "an extra VLAN on a TAP, made with `bridge vlan add`, is taken off from its link event and announced",
     19: "a TAP's VLAN deleted or another PVID given behind fcnetd's back is put back from its link event",
     20: "the uplink losing a VLAN in use gets it back from its link event, and it is announced",
