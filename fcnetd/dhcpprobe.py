@@ -19,7 +19,7 @@ from ipaddress import IPv4Address, IPv4Interface
 
 from .errors import Internal
 from .netlink import Netlink
-from .probeport import ProbePort, mac_bytes, mac_text, reap  # noqa: F401 (reap: engine.reconcile's name for it)
+from .probeport import ProbePort, mac_bytes, mac_text
 
 RESEND_SECONDS = 1.0
 ETH_P_ALL, ETH_P_IP, ETH_P_8021Q = 0x0003, 0x0800, 0x8100

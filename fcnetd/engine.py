@@ -21,7 +21,7 @@ from functools import partial
 from typing import NamedTuple
 
 from . import errors as E
-from . import dhcpprobe, faultpoint, ipam
+from . import faultpoint, ipam, probeport
 from .config import Config
 from .model import (MODES, Attachment, Network, TAP_PREFIX, auto_name, check_description, check_dhcp, check_id,
                     check_ifname, check_mac, check_mode, check_name, check_nic, check_tap_name, check_uid,
@@ -1007,10 +1007,10 @@ class Engine:
         except E.FcnetError as e:
             result["error"] += 1
             log.warning("uplink sync failed: %s", e)
-        # Probe ports (dhcpprobe.py) a daemon killed during a DHCP probe left;
+        # Probe ports (probeport.py) a daemon killed during a probe left;
         # the gate is held alone, so no probe is running.
-        for name in await dhcpprobe.reap(self.netlink):
-            log.info("reaped probe port %s: a DHCP probe's, left by a daemon that was killed", name)
+        for name in await probeport.reap(self.netlink):
+            log.info("reaped probe port %s: a probe's, left by a daemon that was killed", name)
             result["reaped"] += 1
         if self.nat is not None:
             by_network = {net_id: list(atts.values()) for net_id, atts in self.registry.by_network.items()}
