@@ -13,7 +13,12 @@ import time
 
 from tests.system.busclient import UserConnection
 
-REPAIR = 2.0  # s, from the change to the repair read back and its signal
+# s, from the change to the repair read back and its signal. On hardware an
+# event's repair takes well under a second (TAP_SETTLE 0.25 s, then one
+# reconcile); under TCG on a loaded machine it took 0.8 to 2.1 s. No timer
+# repairs VLAN drift (no periodic reconcile), so a repair within this proves
+# the event path whatever the machine's load.
+REPAIR = 5.0
 PATIENCE = 10.0  # s: how long a late repair is waited for, so the report says how late
 DRIFT = "type='signal',sender='org.fcnetd.Network1',member='DriftDetected'"
 PU = ["Egress Untagged", "PVID"]

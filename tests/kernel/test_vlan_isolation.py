@@ -56,7 +56,7 @@ SCENARIOS = {
 NAT_SCENARIOS = {11, 12, 13, 14, 15}
 ONLY = os.environ.get("FCNETD_KERNEL_ONLY", "")  # "nat": just NAT_SCENARIOS
 MODULES_LOAD = os.path.join(ROOT, "systemd", "fcnetd.modules-load.conf")
-BOOT_TIMEOUT = 720
+BOOT_TIMEOUT = 1200  # s: a hang guard for the whole guest run (about 6 min alone, 10 under load)
 
 
 def _kernel() -> str | None:
