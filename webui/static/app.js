@@ -500,9 +500,9 @@
       const isolation = ticked("#diag-isolation");
       const name = current ? current.name : "network";
       const probes = [dhcp && "DHCP", isolation && "isolation"].filter(Boolean);
+      const title = `${name} with ${probes.join(" and ")} probe${probes.length > 1 ? "s" : ""}`;
       if (!probes.length) diagnose(name, "GET", `${base}/diagnose`);
-      else diagnose(`${name} with ${probes.join(" and ")} probe${probes.length > 1 ? "s" : ""}`, "POST", `${base}/probe`,
-        { dhcp, isolation });
+      else diagnose(title, "POST", `${base}/probe`, { dhcp, isolation });
     });
 
     // ---- Move a VM NIC to another bridge and VLAN (admins)
