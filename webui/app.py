@@ -35,7 +35,9 @@ HTTP_STATUS = {"InvalidArgs": 400, "NetworkExists": 409, "NetworkInUse": 409, "N
                "SubnetConflict": 409, "AddressUnavailable": 409, "NoSuchVm": 404, "NicAttached": 409,
                "BridgeFull": 409, "UnknownMethod": 501}
 HISTORY_SECONDS = 3600  # fcnetd keeps one hour of traffic
-PROBE_MS_MAX = 8000  # a DHCP probe must end well inside the 10 s a host call may take (hosts.CALL_SECONDS)
+PROBE_MS_MAX = 8000  # a probe must end well inside the 10 s a host call may take (hosts.CALL_SECONDS)
+# Each probe: its fcnetd method and fcnetd's own default timeout_ms for it.
+PROBES = {"dhcp": ("ProbeDhcp", 2000), "isolation": ("ProbeIsolation", 1000)}
 DELETE_MANY_MAX = 500
 SAMPLE_KEYS = (("Time", "time"), ("ReceiveBytes", "receive_bytes"), ("TransmitBytes", "transmit_bytes"),
                ("ReceivePackets", "receive_packets"), ("TransmitPackets", "transmit_packets"))
@@ -111,6 +113,42 @@ def number_field(given, key: str, low: int, high: int, default: int) -> int:
         shown = excerpt(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else json_kind(value)
         raise BadField(key, f"{key}: {shown} must be a whole number from {low} to {high}")
     return value
+
+
+def bool_field(body: dict, key: str, default: bool) -> bool:
+    """An optional true/false field of a JSON request: absent or null is the default."""
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise BadField(key, f"{key}: must be true or false, not {json_kind(value)}")
+    return value
+
+
+def probes_asked(body: dict) -> list[str]:
+    """The probes a request asks for: each of `dhcp` and `isolation` set
+    true; neither set, the DHCP probe (all the endpoint ran before the
+    isolation probe came)."""
+    isolation = bool_field(body, "isolation", False)
+    dhcp = bool_field(body, "dhcp", not isolation)
+    if not (dhcp or isolation):
+        field = "dhcp" if "dhcp" in body else "isolation"
+        raise BadField(field, f"{field}: dhcp and isolation are both false, which asks for no probe; set either or "
+                              "both to true")
+    return [name for name, on in (("dhcp", dhcp), ("isolation", isolation)) if on]
+
+
+def merged_checks(answers: list[list[dict]]) -> list[dict]:
+    """Several probes' answers as one list: each answer repeats Diagnose's
+    checks before its probe's own, so a check already listed is not listed
+    again."""
+    rows, seen = [], set()
+    for answer in answers:
+        for row in answer:
+            if row.get("Check") not in seen:
+                seen.add(row.get("Check"))
+                rows.append(row)
+    return rows
 
 
 def bad_field(e: BadField):
@@ -437,20 +475,31 @@ class App:
         return web.json_response({"checks": checks_json(rows)})
 
     async def api_probe(self, request):
-        """Diagnose with the DHCP probe: it plugs a port into the bridge, so
-        admins only (the guard refuses viewers any POST)."""
+        """Diagnose with the DHCP probe, the isolation probe or both: they plug
+        ports into the bridge, so admins only (the guard refuses viewers any
+        POST). Both asked, both run at once, each a call of its own: the
+        request takes the longer one's time, inside what one host call may."""
         h = self.host(request.match_info["host"])
+        net = request.match_info["id"]
         try:
-            timeout = number_field(await json_body(request), "timeout_ms", 100, PROBE_MS_MAX, 2000)
+            body = await json_body(request)
+            probes = probes_asked(body)
+            timeout = number_field(body, "timeout_ms", 100, PROBE_MS_MAX, 0)
         except BadField as e:
             return bad_field(e)
-        try:
-            (rows,) = await h.m("ProbeDhcp", "sa{sv}", request.match_info["id"],
-                                {"timeout_ms": Variant("u", timeout)})
-        except (DBusError, Unavailable) as e:
-            return self._dbus_error(e)
-        log.info("%s probed DHCP on network %s on %s", request["session"].user, request.match_info["id"], h.name)
-        return web.json_response({"checks": checks_json(rows)})
+        calls = [h.m(PROBES[p][0], "sa{sv}", net, {"timeout_ms": Variant("u", timeout or PROBES[p][1])})
+                 for p in probes]
+        answers = await asyncio.gather(*calls, return_exceptions=True)
+        for probe, answer in zip(probes, answers):
+            if isinstance(answer, DBusError) and error_name(answer) == "UnknownMethod":
+                return web.json_response({"error": f"fcnetd on host {h.name} has no {probe} probe (it is older than "
+                                                   "this web UI)", "code": "UnknownMethod", "field": ""}, status=501)
+            if isinstance(answer, (DBusError, Unavailable)):
+                return self._dbus_error(answer)
+            if isinstance(answer, BaseException):
+                raise answer
+        log.info("%s probed %s on network %s on %s", request["session"].user, " and ".join(probes), net, h.name)
+        return web.json_response({"checks": checks_json(merged_checks([rows for (rows,) in answers]))})
 
     async def api_diagnose_vm(self, request):
         h = self.host(request.match_info["host"])

@@ -140,6 +140,8 @@ def networks(session) -> str:
 
 def network(session, host: str, net_id: str) -> str:
     probe = ('<label class="check"><input id="diag-probe" type="checkbox"> with DHCP probe</label>'
+             '<label class="check" title="Frames sent in the network\'s VLAN must reach none of the bridge\'s other '
+             'VLANs (tagged networks)"><input id="diag-isolation" type="checkbox"> with isolation probe</label>'
              if session.admin else "")
     move = """
 <dialog id="move-dialog" aria-labelledby="move-title">

@@ -1,9 +1,9 @@
 """Issue 12 in headless Chromium against the real web UI, fcnetd and
 dbus-daemon: Diagnose (a TAP set down and deleted with `ip`, the failed
-check and its hint; the DHCP probe), the Metrics tab's charts following
-frames a VM sends through its TAP, a running VM moved to another bridge
-live, and unused networks cleaned up in one action, each result reported.
-Runs in file order, as one admin's session would."""
+check and its hint; the DHCP and isolation probes), the Metrics tab's
+charts following frames a VM sends through its TAP, a running VM moved to
+another bridge live, and unused networks cleaned up in one action, each
+result reported. Runs in file order, as one admin's session would."""
 
 import contextlib
 import os
@@ -165,6 +165,30 @@ def test_the_dhcp_probe_reports_no_server_on_a_bare_bridge(admin, shot):
     shot(admin, "45-diagnose-dhcp-probe")
 
 
+def test_the_isolation_probe_on_an_untagged_network_says_it_applies_to_tagged_ones(admin, shot):
+    # This host's kernel filters no VLANs, so a tagged network cannot exist
+    # here: lab-net is untagged, and the probe says why it did not run.
+    admin.uncheck("#diag-probe")
+    admin.check("#diag-isolation")
+    admin.click("#diagnose")
+    row = check_row(admin, "vlan.isolation")
+    expect(row.locator(".result")).to_have_text("warn", timeout=15000)
+    expect(row).to_contain_text("not run: network lab-net is untagged")
+    expect(row).to_contain_text("tagged networks only")
+    expect(row.locator(".hint-cell")).to_contain_text("put them in tagged networks")
+    expect(admin.locator("#diag-title")).to_have_text("Diagnose: lab-net with isolation probe")
+    expect(check_row(admin, "dhcp.probe")).to_have_count(0)
+    shot(admin, "45b-diagnose-isolation-probe")
+    admin.check("#diag-probe")
+    admin.click("#diagnose")
+    expect(admin.locator("#diag-title")).to_have_text("Diagnose: lab-net with DHCP and isolation probes")
+    expect(check_row(admin, "dhcp.probe").locator(".result")).to_have_text("warn", timeout=15000)
+    expect(check_row(admin, "vlan.isolation").locator(".result")).to_have_text("warn")
+    expect(check_row(admin, "bridge.up")).to_have_count(1)
+    admin.uncheck("#diag-probe")
+    admin.uncheck("#diag-isolation")
+
+
 # A VM sending: frames written into its TAP's fd, as a VMM does, at a
 # steady rate until its stdin closes. Paced to the clock, so a sender the
 # loaded machine held up catches up: every ten seconds' sample sees the
@@ -286,14 +310,19 @@ def test_a_viewer_may_diagnose_but_not_probe_or_move(browser, stack, shot):
     page.click("tr[data-name='lab-net'] a.name")
     expect(page.locator("#vms tbody tr")).to_have_count(1)
     assert page.locator("#diag-probe").count() == 0 and page.locator("button.vm-move").count() == 0
+    assert page.locator("#diag-isolation").count() == 0
     page.click("#diagnose")
     expect(check_row(page, "bridge.up").locator(".result")).to_have_text("ok", timeout=10000)
-    status = page.evaluate("""async () => {
+    status = page.evaluate("""async (bodies) => {
         const csrf = document.querySelector('meta[name=csrf-token]').content;
-        const r = await fetch(location.pathname.replace('/networks/', '/api/networks/') + '/probe',
-            {method: 'POST', headers: {'X-CSRF-Token': csrf, 'Content-Type': 'application/json'}, body: '{}'});
-        return r.status; }""")
-    assert status == 403, "the probe touches the kernel: admins only, enforced by the server"
+        const statuses = [];
+        for (const body of bodies) {
+            const r = await fetch(location.pathname.replace('/networks/', '/api/networks/') + '/probe',
+                {method: 'POST', headers: {'X-CSRF-Token': csrf, 'Content-Type': 'application/json'}, body});
+            statuses.push(r.status);
+        }
+        return statuses; }""", ["{}", '{"isolation": true}'])
+    assert status == [403, 403], "the probes touch the kernel: admins only, enforced by the server"
     shot(page, "46-viewer-diagnose")
     page.context.close()
 

@@ -53,7 +53,8 @@ class FakeHost(Host):
         if isinstance(answer, Exception):
             raise answer
         if callable(answer):
-            return answer(*body)
+            answer = answer(*body)
+            return await answer if asyncio.iscoroutine(answer) else answer
         return answer
 
 
@@ -133,6 +134,112 @@ def test_the_dhcp_probe_is_for_admins_and_passes_its_timeout():
     ([1], "", "must be a JSON object, not an array"),
 ])
 def test_bad_probe_input_is_a_400_naming_the_field(body, field, says):
+    async def t(client, host, sign_in):
+        headers = sign_in()
+        status, answered = await answer(await client.post("/api/networks/node1/a/probe", json=body,
+                                                          headers=headers))
+        assert status == 400 and answered["field"] == field and says in answered["error"]
+        assert host.calls == []
+    run(t)
+
+
+BRIDGE_UP = {"Check": "bridge.up", "Result": "ok", "Detail": "bridge fcbr0 is up", "Hint": ""}
+LEAK = {"Check": "vlan.isolation", "Result": "fail",
+        "Detail": "sent from probe port fcprobe0042b (MAC 02:fc:00:00:00:01) in bridge fcbr0 VLAN 10: a broadcast and "
+                  "a unicast to 02:fc:00:00:00:02 (EtherType 0x88b5, nonce 00112233): VLAN 20 saw the broadcast (a "
+                  "port in VLAN 10 saw the broadcast)",
+        "Hint": "Something joins VLAN 10 to VLAN 20: a port of bridge fcbr0 that is a member of both (`bridge vlan "
+                "show`), a device or VM that bridges two ports, or beyond the uplink a switch that does."}
+NO_SERVER = {"Check": "dhcp.probe", "Result": "warn", "Detail": "no DHCP server answered", "Hint": "start one",
+             "Servers": []}
+
+
+def test_an_isolation_leak_into_vlan_20_is_shown_with_its_hint():
+    async def t(client, host, sign_in):
+        headers = sign_in("admin")
+        host.answers["ProbeIsolation"] = ([BRIDGE_UP, LEAK],)
+        status, body = await answer(await client.post("/api/networks/node1/a/probe", json={"isolation": True},
+                                                      headers=headers))
+        assert status == 200 and [c["check"] for c in body["checks"]] == ["bridge.up", "vlan.isolation"]
+        leak = body["checks"][1]
+        assert leak["result"] == "fail" and "VLAN 20 saw the broadcast" in leak["detail"]
+        assert leak["hint"].startswith("Something joins VLAN 10 to VLAN 20")
+        (member, sig, (net, opts)), = host.calls
+        assert (member, sig, net, opts["timeout_ms"].value) == ("ProbeIsolation", "sa{sv}", "a", 1000), \
+            "fcnetd's own default wait, 1 s, unless asked"
+        host.calls.clear()
+        await client.post("/api/networks/node1/a/probe", json={"isolation": True, "timeout_ms": 2500}, headers=headers)
+        (_, _, (_, opts)), = host.calls
+        assert opts["timeout_ms"].value == 2500
+    run(t)
+
+
+def test_viewers_cannot_run_the_isolation_probe():
+    async def t(client, host, sign_in):
+        headers = sign_in("viewer")
+        for body in ({"isolation": True}, {"isolation": True, "dhcp": True}):
+            status, answered = await answer(await client.post("/api/networks/node1/a/probe", json=body,
+                                                              headers=headers))
+            assert status == 403 and "viewers" in answered["error"]
+        assert host.calls == []
+    run(t)
+
+
+def test_both_probes_run_at_once_and_each_check_is_listed_once():
+    async def t(client, host, sign_in):
+        headers = sign_in("admin")
+        both_running = asyncio.Event()
+        started = []
+
+        async def probe(rows, net, opts):
+            started.append(opts["timeout_ms"].value)
+            if len(started) == 2:
+                both_running.set()
+            await asyncio.wait_for(both_running.wait(), 5)  # one waits for the other: they overlap
+            return (rows,)
+        host.answers["ProbeDhcp"] = lambda net, opts: probe([BRIDGE_UP, NO_SERVER], net, opts)
+        host.answers["ProbeIsolation"] = lambda net, opts: probe([BRIDGE_UP, LEAK], net, opts)
+        status, body = await answer(await client.post("/api/networks/node1/a/probe",
+                                                      json={"dhcp": True, "isolation": True}, headers=headers))
+        assert status == 200
+        assert [c["check"] for c in body["checks"]] == ["bridge.up", "dhcp.probe", "vlan.isolation"]
+        assert body["checks"][1]["servers"] == [] and body["checks"][2]["result"] == "fail"
+        assert sorted(started) == [1000, 2000], "each probe with fcnetd's own default wait"
+    run(t)
+
+
+def test_a_probe_refused_by_fcnetd_is_the_answer_even_when_the_other_ran():
+    async def t(client, host, sign_in):
+        headers = sign_in("admin")
+        host.answers["ProbeDhcp"] = ([BRIDGE_UP, NO_SERVER],)
+        host.answers["ProbeIsolation"] = DBusError("org.freedesktop.DBus.Error.InvalidArgs",
+                                                   "timeout_ms: 50 is out of range: 100 to 30000 (milliseconds)")
+        status, body = await answer(await client.post("/api/networks/node1/a/probe",
+                                                      json={"dhcp": True, "isolation": True}, headers=headers))
+        assert (status, body["code"], body["field"]) == (400, "InvalidArgs", "timeout_ms")
+    run(t)
+
+
+def test_an_fcnetd_without_the_isolation_probe_says_so():
+    async def t(client, host, sign_in):
+        headers = sign_in("admin")
+        host.answers["ProbeIsolation"] = DBusError("org.freedesktop.DBus.Error.UnknownMethod", "no ProbeIsolation")
+        status, body = await answer(await client.post("/api/networks/node1/a/probe", json={"isolation": True},
+                                                      headers=headers))
+        assert status == 501 and body["error"] == ("fcnetd on host node1 has no isolation probe (it is older than "
+                                                   "this web UI)")
+    run(t)
+
+
+@pytest.mark.parametrize("body,field,says", [
+    ({"isolation": "yes"}, "isolation", "isolation: must be true or false, not text"),
+    ({"isolation": 1}, "isolation", "isolation: must be true or false, not a number"),
+    ({"dhcp": [True], "isolation": True}, "dhcp", "dhcp: must be true or false, not an array"),
+    ({"dhcp": False}, "dhcp", "asks for no probe"),
+    ({"isolation": False, "dhcp": False}, "dhcp", "asks for no probe"),
+    ({"isolation": True, "timeout_ms": 9000}, "timeout_ms", "from 100 to 8000"),
+])
+def test_bad_isolation_probe_input_is_a_400_naming_the_field(body, field, says):
     async def t(client, host, sign_in):
         headers = sign_in()
         status, answered = await answer(await client.post("/api/networks/node1/a/probe", json=body,

@@ -492,11 +492,17 @@
         detail, el("td", { class: "hint-cell" }, c.result === "ok" ? "" : c.hint));
     }
 
+    // The probes (admins only: the boxes are not on a viewer's page) run in
+    // one request; both ticked, both run at once and both rows are shown.
     $("#diagnose").addEventListener("click", () => {
-      const probe = $("#diag-probe");
+      const ticked = (id) => { const box = $(id); return Boolean(box && box.checked); };
+      const dhcp = ticked("#diag-probe");
+      const isolation = ticked("#diag-isolation");
       const name = current ? current.name : "network";
-      if (probe && probe.checked) diagnose(`${name} with DHCP probe`, "POST", `${base}/probe`, {});
-      else diagnose(name, "GET", `${base}/diagnose`);
+      const probes = [dhcp && "DHCP", isolation && "isolation"].filter(Boolean);
+      const title = `${name} with ${probes.join(" and ")} probe${probes.length > 1 ? "s" : ""}`;
+      if (!probes.length) diagnose(name, "GET", `${base}/diagnose`);
+      else diagnose(title, "POST", `${base}/probe`, { dhcp, isolation });
     });
 
     // ---- Move a VM NIC to another bridge and VLAN (admins)
