@@ -25,6 +25,7 @@ from tests.kernel.drift_checks import vlan_drift_scenarios  # noqa: E402
 from tests.kernel.frames import BROADCAST, Endpoint, Wire, frame, mac  # noqa: E402
 from tests.kernel.isolation_checks import isolation_scenario  # noqa: E402
 from tests.kernel.nat_checks import nat_scenarios  # noqa: E402
+from tests.kernel.waiting import wait_until  # noqa: E402
 from tests.system.harness import Client, Daemon, Netns, v  # noqa: E402
 
 WAIT = 0.6  # how long a silent port is watched; TCG is slow
@@ -399,15 +400,6 @@ def only_nat(report, client, daemon, ns):
         nat_scenarios(report, client, daemon, ns, wire, vlans_of)
     finally:
         wire.close()
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def bridge_filtering(bridge: str) -> int | None:

@@ -17,6 +17,7 @@ import threading
 import time
 import traceback
 
+from tests.kernel.waiting import wait_until
 from tests.system.harness import Client, Daemon, v
 
 SCENARIO = 17
@@ -39,15 +40,6 @@ def sh(*cmd: str) -> str:
 def probe_ports() -> list[str]:
     return sorted(link["ifname"] for link in json.loads(sh("ip", "-j", "link", "show"))
                   if link["ifname"].startswith("fcprobe"))
-
-
-def wait_until(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
 
 
 def isolation_scenario(report, client: Client, daemon: Daemon, ns, bus, vlans_of) -> Daemon:
