@@ -87,6 +87,7 @@
     let multiHost = false;
 
     let asked = 0;
+    let drawn = "";
     async function load() {
       const ask = ++asked;
       const q = new URLSearchParams({ search: state.search, type: state.type, host: state.host, sort: state.sort,
@@ -94,6 +95,12 @@
       const data = await api("GET", `/api/networks?${q}`);
       if (ask !== asked) return;  // a newer answer is coming: an older one must not overwrite it
       last = data;
+      // The same answer to the same question (most periodic asks): nothing
+      // is drawn anew, as on the detail page. The question counts: the
+      // unused filter alone changes the table (its selection column).
+      const text = `${q}\n${JSON.stringify(data)}`;
+      if (text === drawn) return;
+      drawn = text;
       multiHost = data.hosts.length > 1;
       render(data);
     }
@@ -399,6 +406,7 @@
     }
     $("#d-drift-dismiss").addEventListener("click", () => { dismissed = $("#d-drift-text").textContent; showDrift(null); });
 
+    let drawn = "";
     async function load() {
       const ask = ++asked;
       let n;
@@ -409,8 +417,13 @@
         return;
       }
       if (ask !== asked || deleted) return;
-      current = n;
       say("");
+      // The same answer again (most of the periodic asks): nothing is drawn
+      // anew, so no row is replaced under a pointer about to click it.
+      const text = JSON.stringify(n);
+      if (text === drawn) return;
+      drawn = text;
+      current = n;
       document.title = `${n.name} · fcnetd`;
       $("#d-name").textContent = n.name;
       $("#d-bridge").textContent = n.bridge;
