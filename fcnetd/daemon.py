@@ -112,8 +112,11 @@ class Daemon:
             # meanwhile were held by the access gate.
             manager.export_all()
             self.gate.open()
+            began = time.monotonic()
             result = await self.engine.reconcile_exclusive()
-        log.info("reconciled: %s", result or "nothing to do")
+            took = time.monotonic() - began
+        # Its time, for admins with many TAPs (and the kernel tier's linearity check).
+        log.info("reconciled in %.2f s: %s", took, result or "nothing to do")
         self._start_metrics()
         loop = asyncio.get_running_loop()
         self.watcher = FileWatcher(loop, self._file_changed)

@@ -118,7 +118,7 @@ def _scenario(report, client: Client, running: dict, ns, bus, vlans_of) -> None:
     check("the next start reaps every probe port", not left and "reaped probe port" in again.output(),
           f"left: {left}")
     client.call("DeleteNetwork", "s", f"{BRIDGE}-vlan-{OTHER}")
-    check(f"scenario 17 took {time.monotonic() - began:.1f} s, a restart included", True)
+    print(f"scenario 17 took {time.monotonic() - began:.1f} s, a restart included", flush=True)  # a figure, not a check
 
 
 def _probe_ignoring_the_kill(address: str) -> None:

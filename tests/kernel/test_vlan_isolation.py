@@ -38,7 +38,7 @@ SCENARIOS = {
     7: "kill -9 and restart keep isolation; old TAPs can be deleted",
     8: "foreign untagged ports keep working when filtering comes on",
     9: "VLAN filtering turned off behind fcnetd's back is turned on again",
-    10: "a restart's time to READY grows linearly with the tagged TAPs it adopts (1,000 then 2,000 more)",
+    10: "a restart's reconcile grows linearly with the tagged TAPs it adopts (1,000 then 2,000 more)",
     11: "a tagged nat network beside an untagged one: each guest's DHCP lease is its own network's",
     12: "nat DHCP answers only in its own VLAN: a DISCOVER from another VLAN gets nothing",
     13: "a tagged nat network's gateway is a VLAN device; out through masquerade; no routing between",
