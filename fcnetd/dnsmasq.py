@@ -276,8 +276,7 @@ class Dnsmasq:
 
     # -- files ----------------------------------------------------------------
     def remove_files(self) -> None:
-        for suffix in SUFFIXES:
-            _unlink(path(self.directory, self.network_id, suffix))
+        remove_files(self.directory, self.network_id)
 
     def _prepare_files(self) -> None:
         _unlink(self.pid_file)  # a stale one must not pass for the new process's
@@ -316,6 +315,15 @@ class Dnsmasq:
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
         await asyncio.shield(self._next)
+
+    async def tell_anew(self, hosts: Mapping[str, str]) -> None:
+        """update() for a dnsmasq whose memory is unknown (adopted after a
+        crash, restarted by systemd): a crash may have come between a
+        hosts-file write and its SIGHUP, and it loaded the leases file as
+        it was, so it re-reads the file and stale leases are swept even if
+        the file is already right."""
+        self._reread = self._sweep = True
+        await self.update(hosts)
 
     async def _flush(self) -> None:
         async with self._lock:
@@ -410,10 +418,7 @@ class ChildDnsmasq(Dnsmasq):
             await self.start(hosts)
             return "replaced"
         self._supervise()
-        # Its memory is unknown: a crash may have come between a hosts-file
-        # write and its SIGHUP, so a file already right proves nothing.
-        self._reread = self._sweep = True
-        await self.update(hosts)
+        await self.tell_anew(hosts)
         return "adopted"
 
     async def stop(self) -> None:
@@ -545,6 +550,11 @@ async def reap_network(directory: str, network_id: str) -> None:
     found = owner_argv(path(directory, network_id, ".pid"), path(directory, network_id, ".leases"))
     if found is not None:
         await _kill(*found)
+    remove_files(directory, network_id)
+
+
+def remove_files(directory: str, network_id: str) -> None:
+    """A network's dnsmasq files, however it ran."""
     for suffix in SUFFIXES:
         _unlink(path(directory, network_id, suffix))
 

@@ -29,7 +29,7 @@ import signal
 from collections.abc import Mapping
 
 from . import systemd1
-from .dnsmasq import SUFFIXES, Dnsmasq, backoff, path, write_file
+from .dnsmasq import Dnsmasq, backoff, path, remove_files, write_file
 from .errors import FcnetError, Internal
 
 log = logging.getLogger("fcnetd.dnsmasq")
@@ -101,10 +101,7 @@ class UnitDnsmasq(Dnsmasq):
             return "replaced"
         self._pid = pid
         await self._watch()
-        # Its memory is unknown: a crash may have come between a hosts-file
-        # write and its SIGHUP, so a file already right proves nothing.
-        self._reread = self._sweep = True
-        await self.update(hosts)
+        await self.tell_anew(hosts)
         return "adopted"
 
     async def _run(self, how: str) -> None:
@@ -185,8 +182,7 @@ class UnitDnsmasq(Dnsmasq):
         restarted, self._pid = self._pid != 0, pid
         if restarted and not self._stopped and not self._starting:
             log.warning("%s was restarted by systemd (pid %s now); sweeping its leases", self.unit, pid)
-            self._reread = self._sweep = True
-            await self.update(self._hosts)
+            await self.tell_anew(self._hosts)
 
 
 async def reap(systemd: systemd1.Systemd, keep: set[str]) -> list[str]:
@@ -204,8 +200,4 @@ async def reap(systemd: systemd1.Systemd, keep: set[str]) -> list[str]:
 async def reap_network(systemd: systemd1.Systemd, directory: str, network_id: str) -> None:
     """Stops a network's unit fcnetd does not hold, and removes its files."""
     await systemd.stop(unit_name(network_id))
-    for suffix in SUFFIXES:
-        try:
-            os.unlink(path(directory, network_id, suffix))
-        except FileNotFoundError:
-            pass
+    remove_files(directory, network_id)

@@ -151,6 +151,12 @@ def merged_checks(answers: list[list[dict]]) -> list[dict]:
     return rows
 
 
+def older_fcnetd(h: Host, lacks: str):
+    """The answer when a host's fcnetd predates a method this web UI calls."""
+    return web.json_response({"error": f"fcnetd on host {h.name} {lacks} (it is older than this web UI)",
+                              "code": "UnknownMethod", "field": ""}, status=501)
+
+
 def bad_field(e: BadField):
     return web.json_response({"error": str(e), "field": e.field}, status=400)
 
@@ -492,8 +498,7 @@ class App:
         answers = await asyncio.gather(*calls, return_exceptions=True)
         for probe, answer in zip(probes, answers):
             if isinstance(answer, DBusError) and error_name(answer) == "UnknownMethod":
-                return web.json_response({"error": f"fcnetd on host {h.name} has no {probe} probe (it is older than "
-                                                   "this web UI)", "code": "UnknownMethod", "field": ""}, status=501)
+                return older_fcnetd(h, f"has no {probe} probe")
             if isinstance(answer, (DBusError, Unavailable)):
                 return self._dbus_error(answer)
             if isinstance(answer, BaseException):
@@ -543,9 +548,7 @@ class App:
             (samples,) = await h.m("GetTraffic", "sa{sv}", request.match_info["id"], opts)
         except DBusError as e:
             if error_name(e) == "UnknownMethod":
-                return web.json_response({"error": f"fcnetd on host {h.name} keeps no traffic history (it is "
-                                                   "older than this web UI)", "code": "UnknownMethod",
-                                          "field": ""}, status=501)
+                return older_fcnetd(h, "keeps no traffic history")
             return self._dbus_error(e)
         except Unavailable as e:
             return self._dbus_error(e)
